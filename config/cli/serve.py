@@ -1,0 +1,60 @@
+"""`tribune serve`: run a node."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from config.app import create_app
+from config.auth import with_signing_key
+from config.cli.common import add_settings_flags, settings_from
+from config.logs import setup_logging
+from config.settings import Settings
+
+log = logging.getLogger("tribune")
+
+
+def add_parser(sub: Any, name: str) -> None:
+    p = sub.add_parser(
+        name,
+        help="run a node",
+        description=(
+            "Run a Tribune node. With no database_url / redis_url it starts embedded "
+            "PostgreSQL and Valkey under the data directory and stops them on exit."
+        ),
+    )
+    add_settings_flags(p)
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port to listen on (default 8080; 0 picks a free one)")
+
+
+def run_node(settings: Settings, app: web.Application) -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        loop_factory = None
+    else:
+        loop_factory = uvloop.new_event_loop
+    loop = loop_factory() if loop_factory else asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    web.run_app(
+        app,
+        host=settings.host,
+        port=settings.port,
+        loop=loop,
+        shutdown_timeout=10,
+        print=lambda msg: log.info(msg.strip()),
+        access_log=None,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = with_signing_key(settings_from(args, host=args.host, port=args.port))
+    setup_logging(settings.log_level)
+    log.info("node %s starting with %s", settings.node_id, settings.masked())
+    run_node(settings, create_app(settings))
+    return 0

@@ -1,0 +1,37 @@
+"""Prometheus metrics of one node, on a registry of its own (no process-global state)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.http_requests = Counter(
+            "tribune_http_requests_total",
+            "HTTP requests served",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.http_seconds = Histogram(
+            "tribune_http_request_duration_seconds",
+            "HTTP request handling time",
+            ["route"],
+            registry=self.registry,
+        )
+        self.dependency_up = Gauge(
+            "tribune_dependency_up",
+            "1 while the dependency answers health checks",
+            ["dependency"],
+            registry=self.registry,
+        )
+        self.roster_rows = Counter(
+            "tribune_roster_rows_total",
+            "Roster rows seen by imports",
+            ["outcome"],
+            registry=self.registry,
+        )
+
+    def render(self) -> bytes:
+        return bytes(generate_latest(self.registry))

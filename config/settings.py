@@ -1,0 +1,266 @@
+"""Node settings: defaults, then a TOML file, then `TRIBUNE_*` environment variables.
+
+Settings are immutable and validated as a whole before anything starts; an error names
+the key (as written in the file or the environment) and says what it accepts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import socket
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+ENV_PREFIX = "TRIBUNE_"
+SECRET_FIELDS = frozenset({"jwt_secret"})
+URL_FIELDS = frozenset({"database_url", "redis_url"})
+
+
+class SettingsError(ValueError):
+    """A setting is unknown, malformed or out of range; the message names the key."""
+
+
+def _default_node_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything a node is configured with. Field names are the keys of the TOML file's
+    flat form; a TOML table `[jwt] secret = …` is the same as `jwt_secret = …`."""
+
+    node_id: str = field(default_factory=_default_node_id)
+    host: str = "127.0.0.1"
+    port: int = 8080
+    public_url: str = ""
+    data_dir: Path = Path("data")
+    log_level: str = "INFO"
+
+    database_url: str = ""
+    database_pool_min: int = 2
+    database_pool_max: int = 20
+    database_timeout: float = 5.0
+
+    redis_url: str = ""
+    redis_prefix: str = "tribune:"
+    redis_timeout: float = 2.0
+
+    health_interval: float = 1.0
+
+    jwt_secret: str = ""
+    jwt_public_key: Path | None = None
+    jwt_audience: str = "tribune"
+    jwt_issuer: str = ""
+    jwt_leeway: float = 10.0
+
+    allowed_origins: tuple[str, ...] = ()
+    max_upload_bytes: int = 10 * 1024 * 1024
+    roster_max_rows: int = 100_000
+
+    @property
+    def embedded_database(self) -> bool:
+        return not self.database_url
+
+    @property
+    def embedded_redis(self) -> bool:
+        return not self.redis_url
+
+    @property
+    def base_url(self) -> str:
+        return self.public_url.rstrip("/") or f"http://{self.host}:{self.port}"
+
+    def replace(self, **changes: Any) -> Settings:
+        return _validated(dataclasses.replace(self, **changes))
+
+    def masked(self) -> dict[str, str]:
+        """Every setting as text, with secrets and URL passwords hidden."""
+        out: dict[str, str] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in SECRET_FIELDS:
+                text = "****" if value else ""
+            elif f.name in URL_FIELDS:
+                text = mask_url(value)
+            elif isinstance(value, tuple):
+                text = ",".join(value)
+            else:
+                text = "" if value is None else str(value)
+            out[f.name] = text
+        return out
+
+
+def mask_url(url: str) -> str:
+    """`redis://:pw@host:1/0` → `redis://:****@host:1/0`; URLs without a password unchanged."""
+    if not url:
+        return url
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{user}:****@{host}"))
+
+
+_FIELDS = {f.name: f for f in fields(Settings)}
+_HINTS = typing.get_type_hints(Settings)
+
+
+def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in table.items():
+        name = f"{prefix}{key}".replace("-", "_")
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{name}_"))
+        else:
+            flat[name] = value
+    return flat
+
+
+_KIND_NAMES = {bool: "true or false", int: "whole number", float: "number", Path: "path", str: "string"}
+
+
+def _coerce(name: str, raw: Any, where: str) -> Any:
+    """Turn a TOML value or an environment string into the field's type; `where` names
+    the key as the user wrote it."""
+    hint = _HINTS[name]
+    optional = False
+    if isinstance(hint, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        optional, hint = True, args[0]
+    if optional and raw in ("", None):
+        return None
+    try:
+        if hint is bool:
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in {"1", "true", "yes", "on"}:
+                return True
+            if text in {"0", "false", "no", "off"}:
+                return False
+            raise ValueError
+        if hint is int:
+            if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+                raise ValueError
+            return int(str(raw).strip())
+        if hint is float:
+            if isinstance(raw, bool):
+                raise ValueError
+            return float(str(raw).strip())
+        if hint is Path:
+            if not isinstance(raw, str):
+                raise ValueError
+            return Path(raw).expanduser()
+        if typing.get_origin(hint) is tuple:
+            if isinstance(raw, str):
+                items = [part.strip() for part in raw.split(",")]
+            elif isinstance(raw, list):
+                items = [str(part).strip() for part in raw]
+            else:
+                raise ValueError
+            return tuple(item for item in items if item)
+        if hint is str:
+            if not isinstance(raw, str | int | float) or isinstance(raw, bool):
+                raise ValueError
+            return str(raw)
+    except ValueError:
+        kind = _KIND_NAMES.get(hint, "list of strings")
+        raise SettingsError(f"{where} must be a {kind}, got {raw!r}") from None
+    raise SettingsError(f"{where}: unsupported setting type {hint}")  # pragma: no cover
+
+
+_LOG_LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR"}
+_ORIGIN = re.compile(r"^https?://[^/\s]+$")
+
+
+def _validated(s: Settings) -> Settings:
+    def fail(key: str, message: str) -> None:
+        raise SettingsError(f"{key}: {message}")
+
+    if not 0 <= s.port <= 65535:
+        fail("port", f"must be 0..65535, got {s.port}")
+    if not s.node_id or len(s.node_id) > 64:
+        fail("node_id", "must be 1..64 characters")
+    if s.log_level.upper() not in _LOG_LEVELS:
+        fail("log_level", f"must be one of {', '.join(sorted(_LOG_LEVELS))}")
+    if s.database_url and urlsplit(s.database_url).scheme not in {"postgresql", "postgres"}:
+        fail("database_url", "must start with postgresql:// (or be empty for embedded)")
+    if s.redis_url and urlsplit(s.redis_url).scheme not in {"redis", "rediss", "unix"}:
+        fail("redis_url", "must start with redis://, rediss:// or unix:// (or be empty)")
+    if not 1 <= s.database_pool_min <= s.database_pool_max <= 500:
+        fail("database_pool_max", "need 1 <= database_pool_min <= database_pool_max <= 500")
+    for key in ("database_timeout", "redis_timeout", "health_interval"):
+        if not 0 < getattr(s, key) <= 300:
+            fail(key, "must be a number of seconds between 0 and 300")
+    if s.jwt_leeway < 0 or s.jwt_leeway > 300:
+        fail("jwt_leeway", "must be 0..300 seconds")
+    if s.jwt_public_key is not None and not s.jwt_public_key.is_file():
+        fail("jwt_public_key", f"file {s.jwt_public_key} does not exist")
+    if s.jwt_secret and len(s.jwt_secret) < 32:
+        fail("jwt_secret", "must be at least 32 characters (use a random string)")
+    if not s.jwt_audience:
+        fail("jwt_audience", "must not be empty")
+    if not re.fullmatch(r"[A-Za-z0-9:_.-]{1,64}", s.redis_prefix):
+        fail("redis_prefix", "must be 1..64 characters of letters, digits and :_.-")
+    for origin in s.allowed_origins:
+        if origin != "*" and not _ORIGIN.match(origin):
+            fail("allowed_origins", f"{origin!r} is not an origin like https://example.org")
+    if s.public_url and not _ORIGIN.match(s.public_url.rstrip("/")):
+        fail("public_url", "must be like https://tribune.example.org (no path)")
+    if s.max_upload_bytes < 1024:
+        fail("max_upload_bytes", "must be at least 1024")
+    if s.roster_max_rows < 1:
+        fail("roster_max_rows", "must be at least 1")
+    return dataclasses.replace(s, log_level=s.log_level.upper())
+
+
+def load_settings(
+    config_file: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> Settings:
+    """Defaults → TOML file → environment → keyword overrides (the CLI's flags)."""
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            table = tomllib.loads(config_file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise SettingsError(f"config file {config_file} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"config file {config_file} is not valid TOML: {exc}") from None
+        for name, raw in _flatten(table).items():
+            if name not in _FIELDS:
+                raise SettingsError(f"{config_file}: unknown key {name!r}; see `tribune check-config --help`")
+            values[name] = _coerce(name, raw, f"{config_file}: {name}")
+    env = os.environ if environ is None else environ
+    for key, raw in env.items():
+        if not key.startswith(ENV_PREFIX):
+            continue
+        name = key[len(ENV_PREFIX) :].lower()
+        if name not in _FIELDS:
+            raise SettingsError(f"environment: unknown variable {key}; check its spelling")
+        values[name] = _coerce(name, raw, key)
+    for name, raw in overrides.items():
+        if raw is not None:
+            values[name] = raw
+    return _validated(Settings(**values))
+
+
+def describe_keys() -> list[tuple[str, str, str]]:
+    """(key, environment variable, default) for every setting, for docs and --help."""
+    defaults = Settings()
+    rows = []
+    for f in fields(Settings):
+        default = defaults.masked()[f.name] if f.name != "node_id" else "<host>-<pid>"
+        rows.append((f.name, ENV_PREFIX + f.name.upper(), default))
+    return rows
