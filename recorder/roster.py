@@ -117,7 +117,7 @@ def read_rows(data: bytes, content_type: str, *, max_rows: int) -> Iterator[tupl
     if content_type in XLSX_TYPES or data[:4] == b"PK\x03\x04":
         rows: Iterable[list[Any]] = _xlsx_rows(data)
     elif content_type in CSV_TYPES or content_type == "":
-        rows = csv.reader(io.StringIO(_decode_csv(data), newline=""))
+        rows = csv.reader(io.StringIO(_decode_csv(data), newline=""), strict=True)
     else:
         raise InvalidInput(f"unsupported roster format {content_type!r}; send text/csv or an .xlsx file")
     iterator = iter(rows)
@@ -139,7 +139,7 @@ def read_rows(data: bytes, content_type: str, *, max_rows: int) -> Iterator[tupl
                 raise InvalidInput(f"the file has more than {max_rows} rows; split it")
             yield number, {k: cells[i] if i < len(cells) else "" for k, i in columns.items()}
     except csv.Error as exc:
-        raise InvalidInput(f"the CSV file is malformed near row {number}: {exc}") from None
+        raise InvalidInput(f"the CSV file is malformed near row {number + 1}: {exc}") from None
 
 
 def _xlsx_rows(data: bytes) -> Iterator[list[Any]]:

@@ -55,6 +55,7 @@ def run_node(settings: Settings, app: web.Application) -> None:
 def run(args: argparse.Namespace) -> int:
     settings = with_signing_key(settings_from(args, host=args.host, port=args.port))
     setup_logging(settings.log_level)
-    log.info("node %s starting with %s", settings.node_id, settings.masked())
+    shown = " ".join(f"{k}={v}" for k, v in settings.masked().items() if v)
+    log.info("node %s starting: %s", settings.node_id, shown)
     run_node(settings, create_app(settings))
     return 0

@@ -1,0 +1,140 @@
+from __future__ import annotations
+
+import asyncio
+import secrets
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+import pytest_asyncio
+from aiohttp.test_utils import TestClient, TestServer
+
+from config.app import create_app
+from config.services import EmbeddedServices
+from config.settings import Settings
+from tests.conftest import TEST_SECRET
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+async def test_health_ready_and_metrics(client) -> None:  # type: ignore[no-untyped-def]
+    health = await client.get("/healthz")
+    assert health.status == 200 and (await health.json())["status"] == "ok"
+    ready = await client.get("/readyz")
+    assert ready.status == 200
+    assert (await ready.json())["checks"] == {"postgres": "ok", "redis": "ok"}
+    metrics = await client.get("/metrics")
+    text = await metrics.text()
+    assert metrics.content_type == "text/plain"
+    assert 'tribune_http_requests_total{method="GET",route="/readyz",status="200"} 1.0' in text
+    assert 'tribune_dependency_up{dependency="postgres"} 1.0' in text
+
+
+async def wait_for(check: Callable[[], Awaitable[bool]], seconds: float = 15) -> bool:
+    deadline = asyncio.get_running_loop().time() + seconds
+    while asyncio.get_running_loop().time() < deadline:
+        if await check():
+            return True
+        await asyncio.sleep(0.1)
+    return False
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def own_services() -> AsyncIterator[EmbeddedServices]:
+    """Servers of this test's own, so stopping them disturbs no other test."""
+    root = Path(tempfile.mkdtemp(prefix="trh-"))
+    services = EmbeddedServices(root, postgres=True, redis=True)
+    await asyncio.to_thread(services.start)
+    yield services
+    await asyncio.to_thread(services.stop)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+async def test_readyz_follows_postgres_and_redis(own_services: EmbeddedServices, tmp_path: Path) -> None:
+    assert own_services.postgres is not None and own_services.valkey is not None
+    database_url = await asyncio.to_thread(own_services.postgres.start)
+    settings = Settings(
+        data_dir=tmp_path,
+        database_url=database_url,
+        redis_url=own_services.valkey.url,
+        jwt_secret=TEST_SECRET,
+        health_interval=0.2,
+        redis_timeout=0.5,
+        database_timeout=1.0,
+        redis_prefix=f"t{secrets.token_hex(3)}:",
+    )
+    async with TestClient(TestServer(create_app(settings))) as client:
+
+        async def status() -> tuple[int, dict[str, Any]]:
+            r = await client.get("/readyz")
+            return r.status, (await r.json())["checks"]
+
+        async def is_status(code: int) -> bool:
+            return (await status())[0] == code
+
+        assert await is_status(200)
+
+        await asyncio.to_thread(own_services.valkey.stop)
+        assert await wait_for(lambda: is_status(503)), "readyz stayed 200 without Redis"
+        code, checks = await status()
+        assert checks["postgres"] == "ok" and checks["redis"] != "ok"
+        assert (await client.get("/healthz")).status == 200  # alive, just not ready
+        await asyncio.to_thread(own_services.valkey.start)
+        assert await wait_for(lambda: is_status(200)), "readyz did not recover with Redis back"
+
+        await asyncio.to_thread(own_services.postgres.stop)
+        assert await wait_for(lambda: is_status(503)), "readyz stayed 200 without PostgreSQL"
+        assert (await status())[1]["postgres"] != "ok"
+        # Requests that need the ledger fail with a clear 503, not a crash.
+        api = await client.get("/api/sessions", headers={"Authorization": "Bearer x"})
+        assert api.status == 401  # auth is checked before the ledger is touched
+        await asyncio.to_thread(own_services.postgres.start)
+        ok = await wait_for(lambda: is_status(200))
+        assert ok, f"readyz did not recover with PostgreSQL back: {await status()}"
+        metrics = await (await client.get("/metrics")).text()
+        assert 'tribune_dependency_up{dependency="redis"} 1.0' in metrics
+
+
+async def test_ledger_outage_gives_503_and_writes_nothing(
+    own_services: EmbeddedServices, tmp_path: Path
+) -> None:
+    from config.auth import Role, mint_token
+
+    assert own_services.postgres is not None and own_services.valkey is not None
+    database_url = await asyncio.to_thread(own_services.postgres.start)
+    settings = Settings(
+        data_dir=tmp_path,
+        database_url=database_url,
+        redis_url=own_services.valkey.url,
+        jwt_secret=TEST_SECRET,
+        health_interval=0.2,
+        database_timeout=1.0,
+    )
+    admin = {"Authorization": "Bearer " + mint_token(settings, rep="A1", roles=[Role.ADMIN])}
+    spec = {
+        "id": "outage",
+        "kind": "lecture",
+        "title": "T",
+        "scheduled_start": "2026-12-01T09:00:00Z",
+        "scheduled_end": "2026-12-01T10:00:00Z",
+    }
+    async with TestClient(TestServer(create_app(settings))) as client:
+        await asyncio.to_thread(own_services.postgres.stop)
+        r = await client.post("/api/sessions", json=spec, headers=admin)
+        assert r.status == 503
+        assert (await r.json())["error"]["code"] == "unavailable"
+        await asyncio.to_thread(own_services.postgres.start)
+
+        async def accepted() -> bool:
+            return (await client.post("/api/sessions", json=spec, headers=admin)).status == 201
+
+        assert await wait_for(accepted)
+    conn = await asyncpg.connect(database_url)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM sessions WHERE id = 'outage'") == 1
+    finally:
+        await conn.close()
