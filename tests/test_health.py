@@ -80,7 +80,7 @@ async def test_readyz_follows_postgres_and_redis(own_services: EmbeddedServices,
 
         await asyncio.to_thread(own_services.valkey.stop)
         assert await wait_for(lambda: is_status(503)), "readyz stayed 200 without Redis"
-        code, checks = await status()
+        _, checks = await status()
         assert checks["postgres"] == "ok" and checks["redis"] != "ok"
         assert (await client.get("/healthz")).status == 200  # alive, just not ready
         await asyncio.to_thread(own_services.valkey.start)

@@ -61,7 +61,8 @@ async def test_an_edited_migration_is_refused(db: asyncpg.Pool) -> None:
 async def test_one_vote_per_representative_per_question(db: asyncpg.Pool) -> None:
     sid = await make_session(db)
     poll = await db.fetchval(
-        "INSERT INTO polls (session_id, kind, title, created_by) VALUES ($1, 'yes_no', 'Q', 'h') RETURNING id",
+        "INSERT INTO polls (session_id, kind, title, created_by) VALUES ($1, 'yes_no', 'Q', 'h') "
+        "RETURNING id",
         sid,
     )
     question = await db.fetchval(

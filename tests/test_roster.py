@@ -60,9 +60,7 @@ async def test_gbk_csv_from_excel(client, auth, db) -> None:  # type: ignore[no-
 
 
 async def test_broken_rows_write_nothing_and_are_reported(client, auth, db) -> None:  # type: ignore[no-untyped-def]
-    body = (
-        "id,name,level\nR1,Alice,city\n,Nobody,city\nR3,,mars\nR1,Alice again,city\nbad id!,Bob,city\n"
-    ).encode()
+    body = b"id,name,level\nR1,Alice,city\n,Nobody,city\nR3,,mars\nR1,Alice again,city\nbad id!,Bob,city\n"
     r = await post(client, auth, body, "text/csv")
     assert r.status == 422
     error = (await r.json())["error"]
