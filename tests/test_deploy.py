@@ -122,20 +122,9 @@ async def test_nginx_config_in_front_of_two_nodes(two_nodes: list[TestServer], t
     conf = conf.replace("listen 80;", f"listen 127.0.0.1:{port};")
     (tmp_path / "nginx.conf").write_text(conf)
     assert NGINX is not None
-    proc = subprocess.Popen(
-        [
-            NGINX,
-            "-p",
-            str(tmp_path),
-            "-c",
-            str(tmp_path / "nginx.conf"),
-            "-e",
-            "stderr",
-            "-g",
-            f"daemon off; pid {tmp_path}/nginx.pid;",
-        ],
-        stderr=subprocess.PIPE,
-    )
+    nginx_args = ["-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"), "-e", "stderr"]
+    nginx_args += ["-g", f"daemon off; pid {tmp_path}/nginx.pid;"]
+    proc = await asyncio.create_subprocess_exec(NGINX, *nginx_args, stderr=subprocess.PIPE)
     base = f"http://127.0.0.1:{port}"
     try:
         async with aiohttp.ClientSession() as http:
