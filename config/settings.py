@@ -61,7 +61,6 @@ class Settings:
     jwt_issuer: str = ""
     jwt_leeway: float = 10.0
 
-    allowed_origins: tuple[str, ...] = ()
     max_upload_bytes: int = 10 * 1024 * 1024
     roster_max_rows: int = 100_000
 
@@ -212,9 +211,6 @@ def _validated(s: Settings) -> Settings:
         fail("jwt_audience", "must not be empty")
     if not re.fullmatch(r"[A-Za-z0-9:_.-]{1,64}", s.redis_prefix):
         fail("redis_prefix", "must be 1..64 characters of letters, digits and :_.-")
-    for origin in s.allowed_origins:
-        if origin != "*" and not _ORIGIN.match(origin):
-            fail("allowed_origins", f"{origin!r} is not an origin like https://example.org")
     if s.public_url and not _ORIGIN.match(s.public_url.rstrip("/")):
         fail("public_url", "must be like https://tribune.example.org (no path)")
     if s.max_upload_bytes < 1024:
