@@ -21,6 +21,8 @@ from config.metrics import Metrics
 from config.services import EmbeddedServices, ServiceUrls, write_node_env
 from config.settings import Settings, mask_url
 from config.web import edge_middleware
+from interaction import api as interaction_api
+from interaction import server as live
 from recorder import api as recorder_api
 from recorder.db import create_pool
 from recorder.migrate import migrate
@@ -106,8 +108,11 @@ def create_app(settings: Settings) -> web.Application:
     app[keys.METRICS] = Metrics()
     app[keys.HEALTH] = health.HealthState()
     app[keys.VERIFIER] = TokenVerifier.from_settings(settings)
-    app.cleanup_ctx.extend([services_ctx, database_ctx, redis_ctx, health.monitor])
+    app.cleanup_ctx.extend([services_ctx, database_ctx, redis_ctx])
+    live.attach(app)
+    app.cleanup_ctx.append(health.monitor)
     health.add_routes(app)
     recorder_api.add_routes(app)
+    interaction_api.add_routes(app)
     pages.add_routes(app)
     return app

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -30,6 +30,8 @@ class HealthState:
         default_factory=lambda: dict.fromkeys(DEPENDENCIES, "not checked yet")
     )
     checked_at: float = 0.0
+    # Further checks components register (the live channel's "pubsub"): None while healthy.
+    extra: dict[str, Callable[[], str | None]] = field(default_factory=dict)
 
     def ready(self, now: float, max_age: float) -> bool:
         fresh = now - self.checked_at <= max_age
@@ -56,7 +58,10 @@ async def check_once(app: web.Application) -> None:
         _check(app[keys.DB].fetchval("SELECT 1"), timeout),
         _check(app[keys.REDIS].ping(), timeout),
     )
-    for name, problem in zip(DEPENDENCIES, results, strict=True):
+    named = list(zip(DEPENDENCIES, results, strict=True)) + [(n, check()) for n, check in state.extra.items()]
+    for stale in set(state.problems) - {n for n, _ in named}:
+        del state.problems[stale]
+    for name, problem in named:
         if problem != state.problems.get(name):
             if problem is None:
                 log.info("%s is reachable", name)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 import asyncpg
 from aiohttp import web
@@ -24,3 +25,13 @@ REDIS: web.AppKey[Redis] = web.AppKey("redis")
 VERIFIER = web.AppKey("verifier", TokenVerifier)
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 HEALTH: web.AppKey[HealthState] = web.AppKey("health")
+
+
+class EventSink(Protocol):
+    """Told of events a request committed, so live clients see them without waiting for
+    the next catch-up poll. The live channel provides one; without it, nothing is told."""
+
+    async def committed(self, session_id: str, events: Sequence[Any]) -> None: ...
+
+
+EVENT_SINK: web.AppKey[EventSink] = web.AppKey("event_sink")

@@ -33,5 +33,23 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.bus_publish_failures = Counter(
+            "tribune_bus_publish_failures_total",
+            "Doorbell messages Redis did not take (gave up)",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.slow_client_drops = Counter(
+            "tribune_slow_client_drops_total", "Clients dropped for not reading", registry=self.registry
+        )
+        self.deliveries = Counter(
+            "tribune_event_deliveries_total",
+            "Events delivered to clients (one per client per event)",
+            registry=self.registry,
+        )
+        self.live_clients = Gauge(
+            "tribune_live_clients", "Socket.IO clients connected to this node", registry=self.registry
+        )
+
     def render(self) -> bytes:
         return bytes(generate_latest(self.registry))

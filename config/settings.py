@@ -61,8 +61,18 @@ class Settings:
     jwt_issuer: str = ""
     jwt_leeway: float = 10.0
 
+    allowed_origins: tuple[str, ...] = ()
     max_upload_bytes: int = 10 * 1024 * 1024
     roster_max_rows: int = 100_000
+
+    comment_max_chars: int = 500
+    comment_burst: int = 3
+    comment_interval: float = 5.0
+    tick_interval: float = 0.1
+    presence_interval: float = 1.0
+    max_frame_bytes: int = 64 * 1024
+    client_buffer_bytes: int = 1024 * 1024
+    replay_limit: int = 2000
 
     @property
     def embedded_database(self) -> bool:
@@ -213,6 +223,23 @@ def _validated(s: Settings) -> Settings:
         fail("redis_prefix", "must be 1..64 characters of letters, digits and :_.-")
     if s.public_url and not _ORIGIN.match(s.public_url.rstrip("/")):
         fail("public_url", "must be like https://tribune.example.org (no path)")
+    for origin in s.allowed_origins:
+        if origin != "*" and not _ORIGIN.match(origin):
+            fail("allowed_origins", f"{origin!r} is not an origin like https://example.org")
+    if not 1 <= s.comment_max_chars <= 5000:
+        fail("comment_max_chars", "must be 1..5000")
+    if s.comment_burst < 1 or not 0 < s.comment_interval <= 3600:
+        fail("comment_burst", "need comment_burst >= 1 and 0 < comment_interval <= 3600")
+    if not 0.005 <= s.tick_interval <= 1.0:
+        fail("tick_interval", "must be 0.005..1.0 seconds")
+    if not 0.1 <= s.presence_interval <= 60:
+        fail("presence_interval", "must be 0.1..60 seconds")
+    if not 1024 <= s.max_frame_bytes <= 16 * 1024 * 1024:
+        fail("max_frame_bytes", "must be 1 KB..16 MB")
+    if s.client_buffer_bytes < 64 * 1024:
+        fail("client_buffer_bytes", "must be at least 64 KB")
+    if not 10 <= s.replay_limit <= 100_000:
+        fail("replay_limit", "must be 10..100000")
     if s.max_upload_bytes < 1024:
         fail("max_upload_bytes", "must be at least 1024")
     if s.roster_max_rows < 1:

@@ -62,6 +62,8 @@ async def change_state(request: web.Request) -> web.Response:
     updated, event = await sessions.change_state(
         request.app[keys.DB], request.match_info["session"], change.state, who
     )
+    if sink := request.app.get(keys.EVENT_SINK):
+        await sink.committed(updated["id"], [event])
     return json_response({"session": updated, "event": event.wire()})
 
 

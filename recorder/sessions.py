@@ -45,6 +45,7 @@ class SessionSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     announcement: Annotated[str, Meta(max_length=5000)] = ""
     audience: Audience = "roster"
     default_tier: Tier = "viewer"
+    moderation: Literal["pre", "post"] = "pre"
     id: Annotated[str, Meta(pattern=SESSION_ID)] | None = None
     participants: Annotated[list[Participant], Meta(max_length=100_000)] = msgspec.field(default_factory=list)
 
@@ -54,7 +55,7 @@ class StateChange(msgspec.Struct, forbid_unknown_fields=True):
 
 
 _COLUMNS = """s.id, s.kind, s.title, s.announcement, s.scheduled_start, s.scheduled_end, s.state,
-              s.audience, s.default_tier, s.epoch, s.last_seq, s.started_at, s.ended_at"""
+              s.audience, s.default_tier, s.moderation, s.epoch, s.last_seq, s.started_at, s.ended_at"""
 
 
 def tier_for(row: asyncpg.Record | dict[str, Any], principal: Principal) -> str | None:
@@ -87,6 +88,7 @@ def view(row: asyncpg.Record | dict[str, Any], tier: str | None = None) -> dict[
         "state": row["state"],
         "audience": row["audience"],
         "default_tier": row["default_tier"],
+        "moderation": row["moderation"],
         "epoch": row["epoch"],
         "seq": row["last_seq"],
         "started_at": row["started_at"].isoformat() if row["started_at"] else None,
@@ -124,8 +126,8 @@ async def create(pool: asyncpg.Pool, spec: SessionSpec, actor: str) -> dict[str,
         try:
             row = await conn.fetchrow(
                 f"""INSERT INTO sessions AS s (id, kind, title, announcement, scheduled_start, scheduled_end,
-                                       audience, default_tier, epoch, created_by)
-                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING {_COLUMNS}""",
+                                       audience, default_tier, epoch, created_by, moderation)
+                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING {_COLUMNS}""",
                 session_id,
                 spec.kind,
                 spec.title,
@@ -136,6 +138,7 @@ async def create(pool: asyncpg.Pool, spec: SessionSpec, actor: str) -> dict[str,
                 spec.default_tier,
                 secrets.token_hex(4),
                 actor,
+                spec.moderation,
             )
         except asyncpg.UniqueViolationError:
             raise SessionConflict(f"a session with id {session_id!r} already exists") from None

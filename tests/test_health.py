@@ -26,7 +26,7 @@ async def test_health_ready_and_metrics(client) -> None:  # type: ignore[no-unty
     assert health.status == 200 and (await health.json())["status"] == "ok"
     ready = await client.get("/readyz")
     assert ready.status == 200
-    assert (await ready.json())["checks"] == {"postgres": "ok", "redis": "ok"}
+    assert (await ready.json())["checks"] == {"postgres": "ok", "redis": "ok", "pubsub": "ok"}
     metrics = await client.get("/metrics")
     text = await metrics.text()
     assert metrics.content_type == "text/plain"

@@ -1,0 +1,292 @@
+"""Comments and their moderation, as ledger writes.
+
+Every change viewers must see is written with its event (and seq) in one transaction,
+before anyone is told; pending comments never enter the viewers' event log.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+import asyncpg
+
+from config.auth import Principal, Role
+from config.text import clean_text
+from interaction.errors import CommentNotFound, InvalidMessage, ModerationConflict, NotPermitted
+from interaction.words import WordList
+from recorder import events
+
+Action = Literal[
+    "approve", "reject", "remove", "pin", "unpin", "highlight", "unhighlight", "answered", "adopt"
+]
+COMMENTING_TIERS = frozenset({"voting", "observer"})
+STAFF = (Role.MODERATOR, Role.HOST, Role.ADMIN)
+
+_COLUMNS = """id, session_id, rep_id, author_name, delegation, body, status, pinned, highlighted,
+              answered, adopted, adopted_note, flagged_words, created_at"""
+
+
+def public_view(row: asyncpg.Record | dict[str, Any]) -> dict[str, Any]:
+    """What viewers see of a comment."""
+    return {
+        "id": row["id"],
+        "rep": row["rep_id"],
+        "name": row["author_name"],
+        "delegation": row["delegation"],
+        "text": row["body"],
+        "at": row["created_at"].isoformat(),
+        "pinned": row["pinned"],
+        "highlighted": row["highlighted"],
+        "answered": row["answered"],
+        "adopted": row["adopted"],
+        "note": row["adopted_note"],
+    }
+
+
+def queue_view(row: asyncpg.Record | dict[str, Any]) -> dict[str, Any]:
+    """What moderators see of a pending comment: also the words that held it."""
+    return {**public_view(row), "status": row["status"], "flagged": list(row["flagged_words"])}
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    id: str
+    state: str
+    moderation: str
+    epoch: str
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What a write changed: the ack, the events to fan out, the moderators' queue change."""
+
+    ack: dict[str, Any]
+    events: list[events.Event] = field(default_factory=list)
+    queue_added: list[dict[str, Any]] = field(default_factory=list)
+    queue_removed: list[int] = field(default_factory=list)
+
+
+def check_tier(tier: str) -> None:
+    if tier not in COMMENTING_TIERS:
+        raise NotPermitted("viewers may watch but not comment; commenting needs the observer or voting tier")
+
+
+def check_text(raw: str, max_chars: int) -> str:
+    text = clean_text(raw, multiline=True)
+    if not text:
+        raise InvalidMessage("the comment is empty")
+    if len(text) > max_chars:
+        raise InvalidMessage(f"a comment is at most {max_chars} characters; this one has {len(text)}")
+    return text
+
+
+async def send(
+    pool: asyncpg.Pool,
+    session: SessionInfo,
+    who: Principal,
+    tier: str,
+    *,
+    text: str,
+    key: str,
+    words: WordList,
+    max_chars: int,
+) -> Outcome:
+    check_tier(tier)
+    if session.state == "ended":
+        raise NotPermitted("the session has ended; comments are closed")
+    body = check_text(text, max_chars)
+    flagged = words.hits(body)
+    status = "published" if session.moderation == "post" and not flagged else "pending"
+    async with pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(
+            f"""INSERT INTO comments (session_id, rep_id, author_name, delegation, body, status,
+                                      flagged_words, client_key)
+                VALUES ($1, $2, $3, coalesce((SELECT delegation FROM representatives WHERE id = $2), ''),
+                        $4, $5, $6, $7)
+                ON CONFLICT (session_id, rep_id, client_key) DO NOTHING
+                RETURNING {_COLUMNS}""",
+            session.id,
+            who.rep,
+            who.name,
+            body,
+            status,
+            flagged,
+            key,
+        )
+        if row is None:  # the same key again: the first result, and nothing new
+            first = await conn.fetchrow(
+                "SELECT id, status FROM comments WHERE session_id = $1 AND rep_id = $2 AND client_key = $3",
+                session.id,
+                who.rep,
+                key,
+            )
+            return Outcome(ack={"comment": {"id": first["id"], "status": first["status"]}, "repeated": True})
+        outcome = Outcome(ack={"comment": {"id": row["id"], "status": status}})
+        if status == "published":
+            outcome.events = await events.append(
+                conn, session.id, [events.NewEvent("comment.published", public_view(row), who.rep)]
+            )
+        else:
+            outcome.queue_added = [queue_view(row)]
+    return outcome
+
+
+_FLAG_ACTIONS: dict[str, tuple[str, bool]] = {
+    "pin": ("pinned", True),
+    "unpin": ("pinned", False),
+    "highlight": ("highlighted", True),
+    "unhighlight": ("highlighted", False),
+    "answered": ("answered", True),
+    "adopt": ("adopted", True),
+}
+
+
+async def moderate(
+    pool: asyncpg.Pool, session_id: str, who: Principal, *, comment_id: int, action: str, note: str
+) -> Outcome:
+    if not who.has(*STAFF):
+        raise NotPermitted("moderating comments needs the moderator, host or admin role")
+    note = clean_text(note, multiline=True)
+    if len(note) > 1000:
+        raise InvalidMessage("a moderation note is at most 1000 characters")
+    async with pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(
+            f"SELECT {_COLUMNS} FROM comments WHERE id = $1 AND session_id = $2 FOR UPDATE",
+            comment_id,
+            session_id,
+        )
+        if row is None:
+            raise CommentNotFound(f"no comment {comment_id} in this session")
+        status = row["status"]
+        outcome = Outcome(ack={"comment": {"id": comment_id}})
+        new_events: list[events.NewEvent] = []
+        if action == "approve":
+            if status != "pending":
+                raise ModerationConflict(f"comment {comment_id} is {status}, not pending")
+            row = await conn.fetchrow(
+                f"UPDATE comments SET status = 'published' WHERE id = $1 RETURNING {_COLUMNS}", comment_id
+            )
+            new_events.append(events.NewEvent("comment.published", public_view(row), who.rep))
+            outcome.queue_removed = [comment_id]
+        elif action == "reject":
+            if status != "pending":
+                raise ModerationConflict(
+                    f"comment {comment_id} is {status}; only pending comments are rejected"
+                )
+            await conn.execute("UPDATE comments SET status = 'rejected' WHERE id = $1", comment_id)
+            outcome.queue_removed = [comment_id]
+        elif action == "remove":
+            if status not in ("published", "pending"):
+                raise ModerationConflict(f"comment {comment_id} is already {status}")
+            await conn.execute("UPDATE comments SET status = 'removed' WHERE id = $1", comment_id)
+            if status == "published":
+                new_events.append(events.NewEvent("comment.removed", {"id": comment_id}, who.rep))
+            else:
+                outcome.queue_removed = [comment_id]
+        elif action in _FLAG_ACTIONS:
+            if status != "published":
+                raise ModerationConflict(
+                    f"comment {comment_id} is {status}; {action} applies to published ones"
+                )
+            column, value = _FLAG_ACTIONS[action]
+            extra = ", adopted_note = $3" if action == "adopt" else ""
+            args: list[Any] = [comment_id, value] + ([note] if action == "adopt" else [])
+            row = await conn.fetchrow(
+                f"UPDATE comments SET {column} = $2{extra} WHERE id = $1 RETURNING {_COLUMNS}", *args
+            )
+            view = public_view(row)
+            new_events.append(events.NewEvent("comment.updated", {k: view[k] for k in _UPDATED}, who.rep))
+        else:
+            raise InvalidMessage(f"unknown moderation action {action!r}")
+        await conn.execute(
+            "INSERT INTO moderation_actions (comment_id, moderator_id, action, note) VALUES ($1, $2, $3, $4)",
+            comment_id,
+            who.rep,
+            action,
+            note,
+        )
+        if new_events:
+            outcome.events = await events.append(conn, session_id, new_events)
+        outcome.ack["comment"]["status"] = await conn.fetchval(
+            "SELECT status FROM comments WHERE id = $1", comment_id
+        )
+    return outcome
+
+
+_UPDATED = ("id", "pinned", "highlighted", "answered", "adopted", "note")
+
+
+async def snapshot(pool: asyncpg.Pool, session_id: str, *, recent: int = 50) -> dict[str, Any]:
+    """Recent and pinned published comments, consistent with the returned seq."""
+    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+        head = await conn.fetchrow("SELECT epoch, last_seq FROM sessions WHERE id = $1", session_id)
+        latest = await conn.fetch(
+            f"""SELECT {_COLUMNS} FROM comments WHERE session_id = $1 AND status = 'published'
+                ORDER BY id DESC LIMIT $2""",
+            session_id,
+            recent,
+        )
+        pinned = await conn.fetch(
+            f"""SELECT {_COLUMNS} FROM comments WHERE session_id = $1 AND status = 'published' AND pinned
+                ORDER BY id""",
+            session_id,
+        )
+    return {
+        "epoch": head["epoch"],
+        "seq": head["last_seq"],
+        "comments": [public_view(r) for r in reversed(latest)],
+        "pinned": [public_view(r) for r in pinned],
+    }
+
+
+async def pending(pool: asyncpg.Pool, session_id: str, limit: int = 500) -> list[dict[str, Any]]:
+    rows = await pool.fetch(
+        f"SELECT {_COLUMNS} FROM comments WHERE session_id = $1 AND status = 'pending' ORDER BY id LIMIT $2",
+        session_id,
+        limit,
+    )
+    return [queue_view(r) for r in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class ExportRow:
+    at: datetime
+    rep: str
+    name: str
+    delegation: str
+    text: str
+    status: str
+    trail: str
+    adopted: bool
+    note: str
+
+
+async def export_rows(pool: asyncpg.Pool, session_id: str) -> list[ExportRow]:
+    rows = await pool.fetch(
+        """SELECT c.created_at, c.rep_id, c.author_name, c.delegation, c.body, c.status, c.adopted,
+                  c.adopted_note,
+                  coalesce(string_agg(to_char(m.at AT TIME ZONE 'Asia/Shanghai', 'YYYY-MM-DD HH24:MI:SS')
+                                      || ' ' || m.action || ' by ' || m.moderator_id
+                                      || CASE WHEN m.note <> '' THEN ' (' || m.note || ')' ELSE '' END,
+                                      '; ' ORDER BY m.id), '') AS trail
+             FROM comments c LEFT JOIN moderation_actions m ON m.comment_id = c.id
+            WHERE c.session_id = $1
+            GROUP BY c.id ORDER BY c.id""",
+        session_id,
+    )
+    return [
+        ExportRow(
+            r["created_at"],
+            r["rep_id"],
+            r["author_name"],
+            r["delegation"],
+            r["body"],
+            r["status"],
+            r["trail"],
+            r["adopted"],
+            r["adopted_note"],
+        )
+        for r in rows
+    ]

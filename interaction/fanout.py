@@ -1,0 +1,193 @@
+"""Delivery to this node's clients: batched, encoded once, written without a task per client.
+
+Each tick (`tick_interval`, 100 ms by default) a room's new events become one Socket.IO
+`events` packet, encoded once, and one WebSocket frame that is written straight to every
+up-to-date client's transport. A client that has anything still queued in Engine.IO (its
+hello, a snapshot, an ack) or is on long-polling gets the packet through that queue instead,
+so nothing overtakes what was sent before it. A client whose socket buffer passes
+`client_buffer_bytes` is a slow reader and is dropped; it resumes from its last seq.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import struct
+from collections.abc import Callable
+from typing import Any
+
+import engineio.packet
+import socketio
+from aiohttp import web
+from engineio.async_drivers import aiohttp as eio_aiohttp
+from socketio import packet as sio_packet
+from socketio.msgpack_packet import MsgPackPacket
+
+from interaction.rooms import Client, Room, Rooms
+
+log = logging.getLogger("tribune.fanout")
+
+MAX_EVENTS_PER_FRAME = 500
+MAX_QUEUED_PACKETS = 256
+
+
+def socketio_event(name: str, data: Any) -> bytes:
+    """One Socket.IO EVENT packet in the msgpack parser's encoding."""
+    return bytes(MsgPackPacket(sio_packet.EVENT, data=[name, data], namespace="/").encode())
+
+
+def websocket_frame(payload: bytes) -> bytes:
+    """An unmasked, final, binary WebSocket frame (RFC 6455 §5.2), as a server sends it."""
+    size = len(payload)
+    if size < 126:
+        header = struct.pack("!BB", 0x82, size)
+    elif size < 1 << 16:
+        header = struct.pack("!BBH", 0x82, 126, size)
+    else:
+        header = struct.pack("!BBQ", 0x82, 127, size)
+    return header + payload
+
+
+class Frame:
+    """A packet ready for both paths: raw WebSocket bytes and an Engine.IO packet."""
+
+    __slots__ = ("eio", "payload", "ws")
+
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+        self.ws = websocket_frame(payload)
+        self.eio = engineio.packet.Packet(engineio.packet.MESSAGE, data=payload)
+
+
+class TransportRegistry(eio_aiohttp.WebSocket):  # type: ignore[misc]
+    """Engine.IO's aiohttp WebSocket driver, with compression off (permessage-deflate costs
+    2–6× CPU per message on broadcast sockets) and each socket's transport recorded so the
+    fan-out can write pre-built frames to it."""
+
+    transports: dict[str, asyncio.Transport]
+
+    async def __call__(self, environ: dict[str, Any]) -> web.WebSocketResponse:
+        request: web.Request = environ["aiohttp.request"]
+        self._sock = web.WebSocketResponse(max_msg_size=self.server.max_http_buffer_size, compress=False)
+        await self._sock.prepare(request)
+        self.environ = environ
+        eio_sid = self.handler.__self__.sid
+        transports: dict[str, asyncio.Transport] = self.server.tribune_transports
+        if request.transport is not None:
+            transports[eio_sid] = request.transport
+        try:
+            await self.handler(self)
+        finally:
+            transports.pop(eio_sid, None)
+        return self._sock
+
+
+def install_transport_registry(sio: socketio.AsyncServer) -> dict[str, asyncio.Transport]:
+    eio = sio.eio
+    eio.tribune_transports = {}
+    # The driver table is shared by every Engine.IO server in the process: copy, then replace.
+    eio._async = {**eio._async, "websocket": TransportRegistry}
+    return eio.tribune_transports  # type: ignore[no-any-return]
+
+
+class Fanout:
+    def __init__(
+        self,
+        sio: socketio.AsyncServer,
+        rooms: Rooms,
+        *,
+        tick: float,
+        buffer_limit: int,
+        replay: Callable[[Client], None],
+        on_drop: Callable[[], None],
+        on_deliver: Callable[[int], None],
+    ) -> None:
+        self._sio = sio
+        self._rooms = rooms
+        self._tick = tick
+        self._buffer_limit = buffer_limit
+        self._replay = replay
+        self._on_drop = on_drop
+        self._on_deliver = on_deliver
+        self._transports = install_transport_registry(sio)
+        self._task: asyncio.Task[None] | None = None
+
+    def deliver(self, client: Client, frame: Frame) -> bool:
+        """Write one frame to one client; False when the client is gone or was dropped."""
+        sock = self._sio.eio.sockets.get(client.eio_sid)
+        if sock is None or sock.closed or sock.closing:
+            return False
+        transport = self._transports.get(client.eio_sid)
+        if transport is not None and sock.upgraded and not sock.upgrading and sock.queue.empty():
+            if transport.is_closing():
+                return False
+            if transport.get_write_buffer_size() > self._buffer_limit:
+                self.drop(client, "write buffer full")
+                return False
+            transport.write(frame.ws)
+            return True
+        if sock.queue.qsize() > MAX_QUEUED_PACKETS:
+            self.drop(client, "queue full")
+            return False
+        sock.queue.put_nowait(frame.eio)
+        return True
+
+    def drop(self, client: Client, why: str) -> None:
+        log.info("dropping slow client %s (%s): %s", client.sid, client.who.rep, why)
+        self._on_drop()
+        client.ready = False
+        transport = self._transports.pop(client.eio_sid, None)
+        if transport is not None:
+            transport.abort()  # a slow reader gets no more bytes, not even a close frame
+        asyncio.get_running_loop().create_task(self._sio.disconnect(client.sid))
+
+    def broadcast(self, room: Room, name: str, data: Any, *, staff_only: bool = False) -> None:
+        frame = Frame(socketio_event(name, data))
+        for client in list(room.clients.values()):
+            if client.ready and (client.staff or not staff_only):
+                self.deliver(client, frame)
+
+    def flush(self, room: Room) -> int:
+        """Send every ready client of `room` the events it has not had; returns deliveries.
+        Clients at the same position share one encoded frame."""
+        frames: dict[int, tuple[Frame, int, int]] = {}  # from seq → (frame, last seq, events)
+        delivered = 0
+        for client in list(room.clients.values()):
+            if not client.ready or client.last_seq >= room.last_seq:
+                continue
+            entry = frames.get(client.last_seq)
+            if entry is None:
+                batch = room.after(client.last_seq, MAX_EVENTS_PER_FRAME)
+                if batch is None:  # too far behind for memory: replay from the ledger
+                    client.ready = False
+                    self._replay(client)
+                    continue
+                entry = (Frame(socketio_event("events", batch)), int(batch[-1]["seq"]), len(batch))
+                frames[client.last_seq] = entry
+            frame, last, count = entry
+            if self.deliver(client, frame):
+                client.last_seq = last
+                delivered += count
+        return delivered
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            delivered = 0
+            for room in list(self._rooms.by_session.values()):
+                delivered += self.flush(room)
+            if delivered:
+                self._on_deliver(delivered)
+            elapsed = loop.time() - started
+            await asyncio.sleep(max(0.0, self._tick - elapsed))
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self.run(), name="fanout")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task

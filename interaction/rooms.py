@@ -1,0 +1,90 @@
+"""Room bookkeeping with no I/O: who is connected to which session on this node, and the
+session's recent events in seq order, gap-free."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from config.auth import Principal
+
+BUFFER_EVENTS = 2000
+
+
+@dataclass(eq=False, slots=True)
+class Client:
+    sid: str
+    eio_sid: str
+    who: Principal
+    tier: str
+    session_id: str
+    staff: bool
+    last_seq: int = 0  # the last seq this client has been sent
+    ready: bool = False  # hello and replay or snapshot are out; live events may follow
+
+
+@dataclass(eq=False, slots=True)
+class Room:
+    session_id: str
+    epoch: str
+    last_seq: int
+    clients: dict[str, Client] = field(default_factory=dict)
+    buffer: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=BUFFER_EVENTS))
+
+    def accept(self, events: Iterable[dict[str, Any]]) -> tuple[int, int] | None:
+        """Append events in seq order. Returns the missing range (first, last) when the
+        events skip ahead, so the caller can fill it from the ledger; older ones are ignored."""
+        for event in sorted(events, key=lambda e: int(e["seq"])):
+            seq = int(event["seq"])
+            if seq <= self.last_seq:
+                continue
+            if seq != self.last_seq + 1:
+                return self.last_seq + 1, seq - 1
+            self.buffer.append(event)
+            self.last_seq = seq
+        return None
+
+    def after(self, seq: int, limit: int) -> list[dict[str, Any]] | None:
+        """Events after `seq` from memory, or None when the buffer no longer reaches back."""
+        if seq >= self.last_seq:
+            return []
+        if not self.buffer or int(self.buffer[0]["seq"]) > seq + 1:
+            return None
+        start = seq + 1 - int(self.buffer[0]["seq"])
+        end = min(len(self.buffer), start + limit)
+        return [self.buffer[i] for i in range(start, end)]
+
+    def online(self) -> int:
+        """Distinct representatives connected to this room on this node."""
+        return len({c.who.rep for c in self.clients.values()})
+
+
+class Rooms:
+    def __init__(self) -> None:
+        self.by_session: dict[str, Room] = {}
+        self.by_sid: dict[str, Client] = {}
+
+    def get(self, session_id: str) -> Room | None:
+        return self.by_session.get(session_id)
+
+    def join(self, client: Client, *, epoch: str, last_seq: int) -> Room:
+        room = self.by_session.get(client.session_id)
+        if room is None:
+            room = Room(client.session_id, epoch, last_seq)
+            self.by_session[client.session_id] = room
+        room.clients[client.sid] = client
+        self.by_sid[client.sid] = client
+        return room
+
+    def leave(self, sid: str) -> Client | None:
+        client = self.by_sid.pop(sid, None)
+        if client is None:
+            return None
+        room = self.by_session.get(client.session_id)
+        if room is not None:
+            room.clients.pop(sid, None)
+            if not room.clients:
+                del self.by_session[client.session_id]
+        return client

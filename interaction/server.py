@@ -1,0 +1,505 @@
+"""The live channel (protocol v1, docs/protocol.md): Socket.IO with the msgpack parser.
+
+Connect → `hello` → replay (events after `since`) or `snapshot` → live `events` batches.
+Writes go to the ledger first; then this node's rooms are fed directly and the other
+nodes are told through the bus. Rooms also catch up from the ledger on their own, so a
+lost bus message or a Redis restart delays events but never loses them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Annotated, Any
+
+import asyncpg
+import msgspec
+import socketio
+from aiohttp import web
+
+from config import keys
+from config.auth import AuthError, Role
+from config.errors import TribuneError
+from config.web import UNAVAILABLE
+from interaction import comments, words
+from interaction.bus import Bus
+from interaction.errors import InvalidMessage, NotPermitted, SlowDown
+from interaction.fanout import Fanout
+from interaction.presence import Presence
+from interaction.ratelimit import TokenBucket
+from interaction.rooms import Client, Room, Rooms
+from recorder import events as ledger_events
+from recorder import sessions
+from recorder.errors import SessionNotFound
+
+log = logging.getLogger("tribune.live")
+
+Key = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+
+
+class Since(msgspec.Struct, forbid_unknown_fields=True):
+    epoch: Annotated[str, msgspec.Meta(max_length=64)]
+    seq: Annotated[int, msgspec.Meta(ge=0)]
+
+
+class AuthPayload(msgspec.Struct):
+    token: Annotated[str, msgspec.Meta(max_length=8192)]
+    session: Annotated[str, msgspec.Meta(max_length=64)]
+    since: Since | None = None
+
+
+class CommentSend(msgspec.Struct, forbid_unknown_fields=True):
+    text: Annotated[str, msgspec.Meta(max_length=20_000)]
+    key: Key
+
+
+class Moderate(msgspec.Struct, forbid_unknown_fields=True):
+    comment: Annotated[int, msgspec.Meta(ge=1)]
+    action: comments.Action
+    note: Annotated[str, msgspec.Meta(max_length=2000)] = ""
+
+
+class Resync(msgspec.Struct, forbid_unknown_fields=True):
+    since: Since
+
+
+def refuse(code: str, message: str) -> socketio.exceptions.ConnectionRefusedError:
+    """The CONNECT_ERROR payload: `code` and `message` at the top (what Python clients see)
+    and again under `data` (socket.io-client turns `message` into the Error and exposes
+    only `data` beside it)."""
+    exc = socketio.exceptions.ConnectionRefusedError(message)
+    exc.error_args = {"code": code, "message": message, "data": {"code": code, "message": message}}
+    return exc
+
+
+def failure(exc: TribuneError) -> dict[str, Any]:
+    return {"ok": False, "error": exc.payload()}
+
+
+class _Manager(socketio.AsyncManager):  # type: ignore[misc]
+    """Calls back once a client is fully connected, i.e. after the CONNECT packet is queued,
+    so the welcome always arrives after it."""
+
+    def __init__(self, on_connected: Callable[[str], None]) -> None:
+        super().__init__()
+        self._on_connected = on_connected
+
+    async def connect(self, sid: str, namespace: str) -> Any:
+        result = await super().connect(sid, namespace)
+        if namespace == "/":
+            self._on_connected(sid)
+        return result
+
+
+class Live:
+    """The live channel of one node. Built with the app (its routes must exist before the
+    app starts); started once PostgreSQL and Redis are up."""
+
+    def __init__(self, app: web.Application) -> None:
+        self.app = app
+        self.settings = settings = app[keys.SETTINGS]
+        self.metrics = app[keys.METRICS]
+        origins: list[str] | str | None = list(settings.allowed_origins) or None
+        if settings.allowed_origins == ("*",):
+            origins = "*"
+        self.sio = socketio.AsyncServer(
+            async_mode="aiohttp",
+            serializer="msgpack",
+            cors_allowed_origins=origins,
+            max_http_buffer_size=settings.max_frame_bytes,
+            ping_interval=20,
+            ping_timeout=20,
+            client_manager=_Manager(self._connected),
+            logger=False,
+            engineio_logger=False,
+        )
+        self.sio.attach(app)
+        self.rooms = Rooms()
+        self.words = words.WordList()
+        self.local_bucket: dict[str, tuple[float, float]] = {}
+        self.fanout = Fanout(
+            self.sio,
+            self.rooms,
+            tick=settings.tick_interval,
+            buffer_limit=settings.client_buffer_bytes,
+            replay=self._schedule_replay,
+            on_drop=self.metrics.slow_client_drops.inc,
+            on_deliver=self.metrics.deliveries.inc,
+        )
+        self._pending: dict[str, tuple[Client, Since | None, dict[str, Any]]] = {}
+        self._fills: dict[str, asyncio.Task[None]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._register()
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        app, settings = self.app, self.settings
+        self.pool: asyncpg.Pool = app[keys.DB]
+        redis = app[keys.REDIS]
+        self.bus = Bus(
+            app[keys.SERVICE_URLS].redis_url,
+            redis,
+            prefix=settings.redis_prefix,
+            node_id=settings.node_id,
+            interval=settings.health_interval,
+            timeout=settings.redis_timeout,
+            on_failure=lambda kind: self.metrics.bus_publish_failures.labels(kind).inc(),
+        )
+        self.bucket = TokenBucket(
+            redis, settings.redis_prefix, capacity=settings.comment_burst, interval=settings.comment_interval
+        )
+        self.presence = Presence(redis, self.rooms, self.fanout, settings)
+        self.words = await words.load(self.pool)
+        self.bus.on("ev", self._on_bus_events)
+        self.bus.on("q", self._on_bus_queue)
+        self.bus.on("words", self._on_bus_words)
+        self.bus.on_resubscribed(self._catch_up)
+        await self.bus.start()
+        app[keys.HEALTH].extra["pubsub"] = self.bus.problem
+        self.fanout.start()
+        self._spawn(self._catch_up_loop())
+        self._spawn(self.presence.run(self._expire_tokens))
+
+    async def stop(self) -> None:
+        self.app[keys.HEALTH].extra.pop("pubsub", None)
+        for sid in list(self.rooms.by_sid):
+            with contextlib.suppress(Exception):
+                await self.sio.disconnect(sid)
+        for task in list(self._tasks) + list(self._fills.values()):
+            task.cancel()
+        for task in list(self._tasks) + list(self._fills.values()):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.fanout.stop()
+        await self.bus.stop()
+
+    def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # --- connecting ------------------------------------------------------------------
+
+    def _register(self) -> None:
+        self.sio.on("connect", self.on_connect)
+        self.sio.on("disconnect", self.on_disconnect)
+        self.sio.on("comment.send", self._handler(self.comment_send))
+        self.sio.on("moderate", self._handler(self.moderate))
+        self.sio.on("resync", self._handler(self.resync))
+        self.sio.on("*", self.on_unknown)
+
+    async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any) -> None:
+        try:
+            payload = msgspec.convert(auth, AuthPayload)
+        except msgspec.ValidationError as exc:
+            raise refuse("unauthorized", f"send auth = {{token, session, since}}: {exc}") from None
+        try:
+            who = self.app[keys.VERIFIER].verify(payload.token)
+            session = await sessions.get_for(self.pool, payload.session, who)
+        except AuthError as exc:
+            raise refuse(exc.code, exc.message) from None
+        except SessionNotFound as exc:
+            raise refuse("not_found", exc.message) from None
+        except UNAVAILABLE:
+            raise refuse("unavailable", "the node cannot reach its database; try again shortly") from None
+        client = Client(
+            sid=sid,
+            eio_sid=self.sio.manager.eio_sid_from_sid(sid, "/"),
+            who=who,
+            tier=session["your_tier"],
+            session_id=session["id"],
+            staff=who.has(Role.MODERATOR, Role.HOST, Role.ADMIN),
+        )
+        self._pending[sid] = (client, payload.since, session)
+
+    def _connected(self, sid: str) -> None:
+        if (pending := self._pending.pop(sid, None)) is not None:
+            self._spawn(self._welcome(*pending))
+
+    async def _welcome(self, client: Client, since: Since | None, session: dict[str, Any]) -> None:
+        sid = client.sid
+        try:
+            await self.sio.emit(
+                "hello",
+                {
+                    "node": self.settings.node_id,
+                    "session": session["id"],
+                    "you": {
+                        "rep": client.who.rep,
+                        "name": client.who.name,
+                        "roles": sorted(client.who.roles),
+                        "tier": client.tier,
+                    },
+                    "epoch": session["epoch"],
+                    "seq": session["seq"],
+                },
+                to=sid,
+            )
+            room = self.rooms.join(client, epoch=session["epoch"], last_seq=session["seq"])
+            if since is not None and since.epoch == session["epoch"] and since.seq <= session["seq"]:
+                client.last_seq = await self._send_replay(client, room, since.seq)
+            else:
+                snap = await comments.snapshot(self.pool, client.session_id)
+                await self.sio.emit("snapshot", snap, to=sid)
+                client.last_seq = int(snap["seq"])
+            if client.staff:
+                queue = await comments.pending(self.pool, client.session_id)
+                await self.sio.emit("queue", {"full": True, "pending": queue}, to=sid)
+            if sid in self.rooms.by_sid:
+                client.ready = True
+                await self.sio.emit("presence", {"online": self.presence.online(room)}, to=sid)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("welcome of %s failed: %r; disconnecting it to retry", sid, exc)
+            await self.sio.disconnect(sid)
+
+    async def _send_replay(self, client: Client, room: Room, after: int) -> int:
+        """Send everything after `after` up to now through the ordered queue path."""
+        while True:
+            batch = room.after(after, self.settings.replay_limit)
+            if batch is None:
+                rows = await ledger_events.read_after(
+                    self.pool, client.session_id, after, self.settings.replay_limit
+                )
+                batch = [e.wire() for e in rows]
+            if not batch:
+                return after
+            await self.sio.emit("events", batch, to=client.sid)
+            after = int(batch[-1]["seq"])
+
+    def _schedule_replay(self, client: Client) -> None:
+        async def replay() -> None:
+            room = self.rooms.get(client.session_id)
+            if room is None:
+                return
+            client.last_seq = await self._send_replay(client, room, client.last_seq)
+            client.ready = client.sid in self.rooms.by_sid
+
+        self._spawn(replay())
+
+    async def on_disconnect(self, sid: str, reason: Any = None) -> None:
+        self._pending.pop(sid, None)
+        self.rooms.leave(sid)
+
+    # --- client events ---------------------------------------------------------------
+
+    def _handler(
+        self, fn: Callable[[Client, Any], Awaitable[dict[str, Any]]]
+    ) -> Callable[[str, Any], Awaitable[dict[str, Any]]]:
+        async def handle(sid: str, data: Any = None) -> dict[str, Any]:
+            client = self.rooms.by_sid.get(sid)
+            try:
+                if client is None:
+                    raise NotPermitted("not joined yet: wait for hello")
+                if client.who.expires_at + self.settings.jwt_leeway < time.time():
+                    raise AuthError("the token has expired; reconnect with a fresh one")
+                return {"ok": True, **await fn(client, data)}
+            except TribuneError as exc:
+                return failure(exc)
+            except UNAVAILABLE as exc:
+                log.warning("live event failed, dependency unreachable: %r", exc)
+                return {"ok": False, "error": {"code": "unavailable", "message": "try again shortly"}}
+            except msgspec.ValidationError as exc:
+                return failure(InvalidMessage(f"invalid payload: {exc}"))
+
+        return handle
+
+    async def on_unknown(self, event: str, sid: str, data: Any = None) -> dict[str, Any]:
+        return failure(InvalidMessage(f"unknown event {str(event)[:40]!r}"))
+
+    async def comment_send(self, client: Client, data: Any) -> dict[str, Any]:
+        message = msgspec.convert(data, CommentSend)
+        # Cheap refusals first, so a malformed attempt does not spend a rate-limit token.
+        comments.check_tier(client.tier)
+        comments.check_text(message.text, self.settings.comment_max_chars)
+        head = await self.pool.fetchrow(
+            "SELECT state, moderation, epoch FROM sessions WHERE id = $1", client.session_id
+        )
+        info = comments.SessionInfo(client.session_id, head["state"], head["moderation"], head["epoch"])
+        if not await self._is_repeat(client, message.key):
+            wait = await self._rate_limit(client)
+            if wait > 0:
+                raise SlowDown(wait)
+        outcome = await comments.send(
+            self.pool,
+            info,
+            client.who,
+            client.tier,
+            text=message.text,
+            key=message.key,
+            words=self.words,
+            max_chars=self.settings.comment_max_chars,
+        )
+        await self._publish(client.session_id, outcome)
+        return outcome.ack
+
+    async def _is_repeat(self, client: Client, key: str) -> bool:
+        found = await self.pool.fetchval(
+            "SELECT 1 FROM comments WHERE session_id = $1 AND rep_id = $2 AND client_key = $3",
+            client.session_id,
+            client.who.rep,
+            key,
+        )
+        return found is not None
+
+    async def _rate_limit(self, client: Client) -> float:
+        key = f"{client.session_id}:{client.who.rep}"
+        try:
+            return await self.bucket.take(key)
+        except UNAVAILABLE:
+            # Redis is down: limit on this node alone rather than refuse every comment.
+            now = time.monotonic()
+            capacity, interval = self.settings.comment_burst, self.settings.comment_interval
+            tokens, at = self.local_bucket.get(key, (float(capacity), now))
+            tokens = min(capacity, tokens + (now - at) / interval)
+            if tokens >= 1:
+                self.local_bucket[key] = (tokens - 1, now)
+                return 0.0
+            self.local_bucket[key] = (tokens, now)
+            return (1 - tokens) * interval
+
+    async def moderate(self, client: Client, data: Any) -> dict[str, Any]:
+        if not client.staff:
+            await self._audit(client, "moderate.refused", data)
+            raise NotPermitted("moderating comments needs the moderator, host or admin role")
+        message = msgspec.convert(data, Moderate)
+        outcome = await comments.moderate(
+            self.pool,
+            client.session_id,
+            client.who,
+            comment_id=message.comment,
+            action=message.action,
+            note=message.note,
+        )
+        await self._publish(client.session_id, outcome)
+        return outcome.ack
+
+    async def resync(self, client: Client, data: Any) -> dict[str, Any]:
+        message = msgspec.convert(data, Resync)
+        room = self.rooms.get(client.session_id)
+        epoch = room.epoch if room else None
+        if message.since.epoch != epoch:
+            raise InvalidMessage("the session's epoch changed: reconnect with since = null for a snapshot")
+        rows = await ledger_events.read_after(
+            self.pool, client.session_id, message.since.seq, self.settings.replay_limit
+        )
+        return {"events": [e.wire() for e in rows], "more": len(rows) == self.settings.replay_limit}
+
+    async def _audit(self, client: Client, action: str, data: Any) -> None:
+        with contextlib.suppress(Exception):
+            await self.pool.execute(
+                "INSERT INTO audit_log (actor, action, target, detail) VALUES ($1, $2, $3, $4)",
+                client.who.rep,
+                action,
+                client.session_id,
+                {"data": repr(data)[:500]},
+            )
+
+    # --- fan-out between nodes -------------------------------------------------------
+
+    async def committed(self, session_id: str, events: Sequence[ledger_events.Event]) -> None:
+        """EventSink: events another part of the node committed (e.g. a session's state)."""
+        await self._publish(session_id, comments.Outcome(ack={}, events=list(events)))
+
+    async def _publish(self, session_id: str, outcome: comments.Outcome) -> None:
+        if outcome.events:
+            wire = [e.wire() for e in outcome.events]
+            self._feed(session_id, wire)
+            await self.bus.publish("ev", s=session_id, e=wire)
+        if outcome.queue_added or outcome.queue_removed:
+            self._queue_local(session_id, outcome.queue_added, outcome.queue_removed)
+            await self.bus.publish("q", s=session_id, a=outcome.queue_added, r=outcome.queue_removed)
+
+    def _feed(self, session_id: str, wire: list[dict[str, Any]]) -> None:
+        room = self.rooms.get(session_id)
+        if room is not None and room.accept(wire) is not None:
+            self._fill(room)
+
+    def _fill(self, room: Room) -> None:
+        """Fetch what the room missed from the ledger (one fetch per room at a time)."""
+        if room.session_id in self._fills:
+            return
+
+        async def fill() -> None:
+            try:
+                while True:
+                    rows = await ledger_events.read_after(self.pool, room.session_id, room.last_seq, 1000)
+                    if not rows:
+                        return
+                    room.accept([e.wire() for e in rows])
+            except UNAVAILABLE as exc:
+                log.warning("catching up %s from the ledger failed: %r", room.session_id, exc)
+            finally:
+                self._fills.pop(room.session_id, None)
+
+        self._fills[room.session_id] = asyncio.ensure_future(fill())
+
+    def _on_bus_events(self, message: dict[str, Any]) -> None:
+        if message.get("n") != self.settings.node_id:
+            self._feed(str(message["s"]), list(message["e"]))
+
+    def _on_bus_queue(self, message: dict[str, Any]) -> None:
+        if message.get("n") != self.settings.node_id:
+            self._queue_local(str(message["s"]), list(message.get("a", [])), list(message.get("r", [])))
+
+    async def _on_bus_words(self, message: dict[str, Any]) -> None:
+        self.words = await words.load(self.pool)
+
+    def _queue_local(self, session_id: str, added: list[dict[str, Any]], removed: list[int]) -> None:
+        room = self.rooms.get(session_id)
+        if room is not None:
+            self.fanout.broadcast(room, "queue", {"added": added, "removed": removed}, staff_only=True)
+
+    async def _catch_up(self) -> None:
+        """Compare every room with the ledger and fetch what is missing."""
+        if not self.rooms.by_session:
+            return
+        try:
+            heads = await self.pool.fetch(
+                "SELECT id, last_seq FROM sessions WHERE id = ANY($1::text[])", list(self.rooms.by_session)
+            )
+        except UNAVAILABLE as exc:
+            log.warning("catch-up poll failed: %r", exc)
+            return
+        for head in heads:
+            room = self.rooms.get(head["id"])
+            if room is not None and head["last_seq"] > room.last_seq:
+                self._fill(room)
+
+    async def _catch_up_loop(self) -> None:
+        while True:
+            await asyncio.sleep(max(1.0, self.settings.health_interval))
+            await self._catch_up()
+
+    async def _expire_tokens(self) -> None:
+        self.metrics.live_clients.set(len(self.rooms.by_sid))
+        now = time.time() - self.settings.jwt_leeway
+        for client in list(self.rooms.by_sid.values()):
+            if client.who.expires_at < now:
+                await self.sio.disconnect(client.sid)
+
+
+LIVE: web.AppKey[Live] = web.AppKey("live")
+
+
+def attach(app: web.Application) -> Live:
+    """Add the live channel to an app: Socket.IO routes now, start and stop with the app."""
+    live = Live(app)
+    app[LIVE] = live
+    app[keys.EVENT_SINK] = live
+
+    async def live_ctx(app: web.Application) -> AsyncIterator[None]:
+        await live.start()
+        try:
+            yield
+        finally:
+            await live.stop()
+
+    app.cleanup_ctx.append(live_ctx)
+    return live
