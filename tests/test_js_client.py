@@ -23,8 +23,14 @@ async def run_client(url: str, token: str, session: str, text: str) -> tuple[int
     assert node is not None, "Node.js is required (README: Python 3.11+ and Node)"
     assert NODE_MODULES.exists(), "run `python3 dev.py test`, which installs pages/ npm packages"
     proc = await asyncio.create_subprocess_exec(
-        node, str(ROOT / "tests" / "js" / "socketio_client.cjs"), url, token, session, text,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        node,
+        str(ROOT / "tests" / "js" / "socketio_client.cjs"),
+        url,
+        token,
+        session,
+        text,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "NODE_PATH": str(NODE_MODULES)},
     )
     out, err = await asyncio.wait_for(proc.communicate(), 30)
