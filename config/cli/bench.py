@@ -1,0 +1,59 @@
+"""`tribune bench …`: benchmarks that print JSON, each beside its baseline in the same run."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from typing import Any
+
+from config.logs import setup_logging
+
+
+def add_parser(sub: Any, name: str) -> None:
+    p = sub.add_parser(
+        name,
+        help="run a benchmark and print JSON",
+        description=("Benchmarks start their own embedded services and nodes; figures go to stdout as JSON."),
+    )
+    kinds = p.add_subparsers(dest="bench", required=True, metavar="BENCH")
+    c = kinds.add_parser(
+        "comments", help="comment fan-out through the moderation path, vs stock python-socketio"
+    )
+    c.add_argument("--clients", type=int, default=1000, help="viewers to connect (default 1000)")
+    c.add_argument("--nodes", type=int, default=1, help="Tribune nodes sharing one PostgreSQL and Redis")
+    c.add_argument("--rate", type=float, default=100.0, help="comments published per second (default 100)")
+    c.add_argument("--duration", type=float, default=20.0, help="seconds of publishing (default 20)")
+    c.add_argument("--sample-every", type=int, default=20, help="measure latency on every Nth viewer")
+    c.add_argument("--no-baseline", action="store_true", help="skip the stock python-socketio baseline")
+    c.add_argument("--json", action="store_true", help="print only the JSON (the default output anyway)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from interaction.bench import bench_comments
+
+    setup_logging("WARNING")
+    if args.clients < 1 or args.nodes < 1 or args.rate <= 0 or args.duration <= 0:
+        print("tribune: --clients, --nodes, --rate and --duration must be positive", file=sys.stderr)
+        return 2
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if sys.stderr.isatty():
+            print(f"\r{stage}: {done}/{total}   ", end="", file=sys.stderr, flush=True)
+
+    result = asyncio.run(
+        bench_comments(
+            clients=args.clients,
+            nodes=args.nodes,
+            rate=args.rate,
+            duration=args.duration,
+            baseline=not args.no_baseline,
+            sample_every=max(1, args.sample_every),
+            progress=progress,
+        )
+    )
+    if sys.stderr.isatty():
+        print(file=sys.stderr)
+    print(json.dumps(result, indent=2, ensure_ascii=False))
+    return 0

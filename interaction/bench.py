@@ -1,0 +1,389 @@
+"""`tribune bench comments`: comment fan-out under load, beside a stock baseline.
+
+The run starts its own embedded PostgreSQL and Valkey and K nodes (pinned to CPU 0 when
+the machine has two or more), connects N lean viewers (interaction.loadgen, pinned to the
+other CPUs), and publishes R comments a second through the moderation path: a writer sends,
+a moderator approves. Latency runs from the approval's send to the event's arrival, sampled
+on every `sample_every`-th viewer; every viewer checks its own seqs. The baseline — stock
+python-socketio, one `emit(room=…)` per event — then gets the same viewers and rate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import resource
+import secrets
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import psutil
+import socketio
+
+from config.auth import Role, mint_token
+from config.services import EmbeddedServices
+from config.settings import Settings
+from interaction.loadgen import Tally, ViewerProtocol, connect_viewers
+from recorder.migrate import migrate
+
+SESSION = "bench"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def _pin(cpus: set[int]) -> Callable[[], None] | None:
+    available = os.sched_getaffinity(0)
+    if len(available) < 2 or not cpus <= available:
+        return None
+    return lambda: (os.sched_setaffinity(0, cpus), _raise_fd_limit())  # type: ignore[func-returns-value]
+
+
+def _percentiles(samples: list[float]) -> dict[str, float | None]:
+    if not samples:
+        return {"p50": None, "p95": None, "p99": None}
+    q = statistics.quantiles(samples, n=100, method="inclusive") if len(samples) > 1 else samples * 99
+    return {"p50": round(q[49] * 1000, 1), "p95": round(q[94] * 1000, 1), "p99": round(q[98] * 1000, 1)}
+
+
+def _cpu(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            times = psutil.Process(pid).cpu_times()
+            total += times.user + times.system
+    return total
+
+
+async def _wait_http(url: str, seconds: float = 60) -> None:
+    import aiohttp
+
+    deadline = time.monotonic() + seconds
+    async with aiohttp.ClientSession() as http:
+        while time.monotonic() < deadline:
+            with contextlib.suppress(aiohttp.ClientError):
+                async with http.get(url) as r:
+                    if r.status < 500:
+                        return
+            await asyncio.sleep(0.2)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def _report(
+    label: str,
+    clients: int,
+    nodes: int,
+    published: int,
+    tally: Tally,
+    viewers: list[ViewerProtocol],
+    final_seq: int,
+    start_seq: dict[int, int],
+    elapsed: float,
+    cpu: float,
+) -> dict[str, Any]:
+    missing = sum(max(0, final_seq - v.seq) for v in viewers)
+    deliveries = tally.events
+    return {
+        "system": label,
+        "clients": clients,
+        "connected": tally.connected,
+        "nodes": nodes,
+        "published": published,
+        "deliveries": deliveries,
+        "deliveries_per_s": round(deliveries / elapsed, 1) if elapsed else 0,
+        "deliveries_per_cpu_s": round(deliveries / cpu, 1) if cpu else None,
+        "latency_ms": _percentiles(tally.latencies),
+        "lost": tally.lost + missing,
+        "duplicated": tally.duplicated,
+        "out_of_order": tally.out_of_order,
+        "server_cpu_s": round(cpu, 2),
+        "seconds": round(elapsed, 1),
+    }
+
+
+async def _viewers(
+    urls: list[str],
+    auths: list[dict[str, Any]],
+    sent_at: dict[int, float],
+    sample_every: int,
+    progress: Callable[[str, int, int], None],
+) -> tuple[Tally, list[ViewerProtocol]]:
+    tally = Tally()
+    viewers = await connect_viewers(
+        urls,
+        auths,
+        tally,
+        sample_every=sample_every,
+        sent_at=sent_at,
+        progress=lambda done: progress("connecting", done, len(auths)),
+    )
+    return tally, viewers
+
+
+async def _drain(viewers: list[ViewerProtocol], final_seq: int, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if all(v.seq >= final_seq for v in viewers if v.transport and not v.transport.is_closing()):
+            return
+        await asyncio.sleep(0.1)
+
+
+async def run_tribune(
+    root: Path,
+    *,
+    clients: int,
+    nodes: int,
+    rate: float,
+    duration: float,
+    sample_every: int,
+    progress: Callable[[str, int, int], None],
+) -> dict[str, Any]:
+    services = EmbeddedServices(root / "services", postgres=True, redis=True)
+    database_url, redis_url = await asyncio.to_thread(services.start)
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        conn = await asyncpg.connect(database_url)
+        await migrate(conn)
+        await conn.execute(
+            """INSERT INTO sessions (id, kind, title, scheduled_start, scheduled_end, epoch, created_by,
+                                     audience, default_tier, moderation, state)
+               VALUES ($1, 'special_inquiry', 'bench', now(), now() + interval '3 hours', 'b1', 'bench',
+                       'public', 'viewer', 'pre', 'live')""",
+            SESSION,
+        )
+        await conn.execute("INSERT INTO representatives (id, name, level) VALUES ('W1', 'writer', 'city')")
+        await conn.execute(
+            "INSERT INTO session_participants (session_id, rep_id, tier) VALUES ($1, 'W1', 'voting')", SESSION
+        )
+        secret = secrets.token_urlsafe(40)
+        settings = Settings(jwt_secret=secret)
+        urls = []
+        for k in range(nodes):
+            port = _free_port()
+            env = {
+                **{k2: v for k2, v in os.environ.items() if not k2.startswith("TRIBUNE_")},
+                "TRIBUNE_DATABASE_URL": database_url,
+                "TRIBUNE_REDIS_URL": redis_url,
+                "TRIBUNE_JWT_SECRET": secret,
+                "TRIBUNE_NODE_ID": f"bench-{k}",
+                "TRIBUNE_COMMENT_BURST": "1000000",
+                "TRIBUNE_LOG_LEVEL": "WARNING",
+                "TRIBUNE_DATABASE_POOL_MAX": "30",
+            }
+            log = (root / f"node-{k}.log").open("wb")
+            procs.append(
+                subprocess.Popen(
+                    [
+                        str(Path(sys.executable).with_name("tribune")),
+                        "serve",
+                        "--port",
+                        str(port),
+                        "--data-dir",
+                        str(root / f"node-{k}"),
+                    ],
+                    env=env,
+                    stdout=log,
+                    stderr=log,
+                    preexec_fn=_pin({0}),
+                )
+            )
+            urls.append(f"http://127.0.0.1:{port}")
+        for url in urls:
+            await _wait_http(url + "/readyz")
+        sent_at: dict[int, float] = {}
+        auths = [
+            {"token": mint_token(settings, rep=f"B{i}", ttl=3 * 3600), "session": SESSION, "since": None}
+            for i in range(clients)
+        ]
+        tally, viewers = await _viewers(urls, auths, sent_at, sample_every, progress)
+
+        writer = socketio.AsyncClient(serializer="msgpack", reconnection=False)
+        moderator = socketio.AsyncClient(serializer="msgpack", reconnection=False)
+        for client, rep, roles in (
+            (writer, "W1", (Role.REPRESENTATIVE,)),
+            (moderator, "M1", (Role.MODERATOR,)),
+        ):
+            token = mint_token(settings, rep=rep, roles=roles, ttl=3 * 3600)
+            await client.connect(
+                urls[0], auth={"token": token, "session": SESSION, "since": None}, transports=["websocket"]
+            )
+        published = 0
+
+        async def one(n: int) -> None:
+            nonlocal published
+            sent = await writer.call(
+                "comment.send", {"text": f"bench comment {n} " + "字" * 40, "key": f"c{n}"}, timeout=30
+            )
+            comment = sent["comment"]["id"]
+            sent_at[comment] = time.time()
+            ack = await moderator.call("moderate", {"comment": comment, "action": "approve"}, timeout=30)
+            if ack.get("ok"):
+                published += 1
+
+        pids = [p.pid for p in procs]
+        cpu0, t0, events0 = _cpu(pids), time.monotonic(), tally.events
+        tasks = []
+        n = 0
+        while time.monotonic() - t0 < duration:
+            tasks.append(asyncio.create_task(one(n)))
+            n += 1
+            progress("publishing", int(time.monotonic() - t0), int(duration))
+            await asyncio.sleep(max(0.0, t0 + n / rate - time.monotonic()))
+        await asyncio.gather(*tasks, return_exceptions=True)
+        final_seq = int(await conn.fetchval("SELECT last_seq FROM sessions WHERE id = $1", SESSION))
+        await _drain(viewers, final_seq, 30)
+        elapsed, cpu = time.monotonic() - t0, _cpu(pids) - cpu0
+        tally.events -= events0
+        report = _report("tribune", clients, nodes, published, tally, viewers, final_seq, {}, elapsed, cpu)
+        for client in (writer, moderator):
+            await client.disconnect()
+        for viewer in viewers:
+            viewer._close()
+        await conn.close()
+        return report
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        await asyncio.to_thread(services.stop)
+
+
+async def run_baseline(
+    root: Path,
+    *,
+    clients: int,
+    rate: float,
+    duration: float,
+    sample_every: int,
+    progress: Callable[[str, int, int], None],
+) -> dict[str, Any]:
+    port = _free_port()
+    log = (root / "baseline.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "interaction.baseline", str(port)],
+        stdout=log,
+        stderr=log,
+        preexec_fn=_pin({0}),
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        await _wait_http(url + "/socket.io/?EIO=4&transport=polling")
+        sent_at: dict[int, float] = {}
+        auths = [{"token": "-", "session": SESSION, "since": None} for _ in range(clients)]
+        tally, viewers = await _viewers([url], auths, sent_at, sample_every, progress)
+        publisher = socketio.AsyncClient(serializer="msgpack", reconnection=False)
+        await publisher.connect(url, transports=["websocket"])
+        published = 0
+
+        async def one(n: int) -> None:
+            nonlocal published
+            sent_at[n] = time.time()
+            ack = await publisher.call("publish", {"id": n, "text": f"bench comment {n}"}, timeout=120)
+            if ack.get("ok"):
+                published += 1
+
+        cpu0, t0, events0 = _cpu([proc.pid]), time.monotonic(), tally.events
+        tasks = []
+        n = 0
+        while time.monotonic() - t0 < duration:
+            n += 1
+            tasks.append(asyncio.create_task(one(n)))
+            progress("baseline", int(time.monotonic() - t0), int(duration))
+            await asyncio.sleep(max(0.0, t0 + n / rate - time.monotonic()))
+        await asyncio.wait(tasks, timeout=30)
+        await _drain(viewers, n, 30)
+        elapsed, cpu = time.monotonic() - t0, _cpu([proc.pid]) - cpu0
+        tally.events -= events0
+        report = _report(
+            "baseline: python-socketio emit(room) per event",
+            clients,
+            1,
+            published,
+            tally,
+            viewers,
+            n,
+            {},
+            elapsed,
+            cpu,
+        )
+        with contextlib.suppress(Exception):
+            await publisher.disconnect()
+        for viewer in viewers:
+            viewer._close()
+        return report
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+async def bench_comments(
+    *,
+    clients: int,
+    nodes: int,
+    rate: float,
+    duration: float,
+    baseline: bool,
+    sample_every: int,
+    progress: Callable[[str, int, int], None],
+) -> dict[str, Any]:
+    _raise_fd_limit()
+    pin = _pin(set(range(1, os.cpu_count() or 2)))
+    if pin is not None:
+        pin()
+    root = Path(tempfile.mkdtemp(prefix="tb-"))
+    try:
+        result: dict[str, Any] = {"benchmark": "comments", "rate": rate, "duration_s": duration}
+        result["tribune"] = await run_tribune(
+            root,
+            clients=clients,
+            nodes=nodes,
+            rate=rate,
+            duration=duration,
+            sample_every=sample_every,
+            progress=progress,
+        )
+        if baseline:
+            result["baseline"] = await run_baseline(
+                root,
+                clients=clients,
+                rate=rate,
+                duration=duration,
+                sample_every=sample_every,
+                progress=progress,
+            )
+            ours, theirs = (
+                result["tribune"]["deliveries_per_cpu_s"],
+                result["baseline"]["deliveries_per_cpu_s"],
+            )
+            if ours and theirs:
+                result["deliveries_per_cpu_s_vs_baseline"] = round(ours / theirs, 1)
+        return result
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
