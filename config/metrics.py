@@ -47,6 +47,18 @@ class Metrics:
             "Events delivered to clients (one per client per event)",
             registry=self.registry,
         )
+        self.fanout_delay = Histogram(
+            "tribune_fanout_delay_seconds",
+            "From an event reaching this node to its frame being written to every client of the room",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.5, 1, 2.5, 5),
+            registry=self.registry,
+        )
+        self.fanout_flush = Histogram(
+            "tribune_fanout_flush_seconds",
+            "Time to write one room's batch to all its clients",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+            registry=self.registry,
+        )
         self.live_clients = Gauge(
             "tribune_live_clients", "Socket.IO clients connected to this node", registry=self.registry
         )

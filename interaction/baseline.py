@@ -24,19 +24,19 @@ def create_baseline_app() -> web.Application:
     sio.attach(app)
     state = {"seq": 0}
 
-    @sio.on("connect")
     async def connect(sid: str, environ: dict[str, Any], auth: Any) -> None:
         await sio.enter_room(sid, ROOM)
         await sio.emit("hello", {"seq": state["seq"]}, to=sid)
         await sio.emit("snapshot", {"seq": state["seq"], "comments": []}, to=sid)
 
-    @sio.on("publish")
     async def publish(sid: str, data: Any) -> dict[str, Any]:
         state["seq"] += 1
         event = {"seq": state["seq"], "type": "comment.published", "at": time.time(), "data": data}
         await sio.emit("events", [event], room=ROOM)
         return {"ok": True, "seq": state["seq"]}
 
+    sio.on("connect", connect)
+    sio.on("publish", publish)
     return app
 
 

@@ -53,10 +53,28 @@ def _raise_fd_limit() -> None:
 
 
 def _pin(cpus: set[int]) -> Callable[[], None] | None:
-    available = os.sched_getaffinity(0)
+    """A function that pins the calling process to `cpus` (None on a one-CPU machine)."""
+    available = set(range(os.cpu_count() or 1))
     if len(available) < 2 or not cpus <= available:
         return None
-    return lambda: (os.sched_setaffinity(0, cpus), _raise_fd_limit())  # type: ignore[func-returns-value]
+
+    def pin() -> None:
+        os.sched_setaffinity(0, cpus)
+        _raise_fd_limit()
+
+    return pin
+
+
+def _spawn(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """A server process on CPU 0 (where there are two or more), its output in `log`."""
+    with log.open("wb") as out:
+        return subprocess.Popen(command, env=env, stdout=out, stderr=out, preexec_fn=_pin({0}))
+
+
+def _pin_self() -> None:
+    pin = _pin(set(range(1, os.cpu_count() or 2)))
+    if pin is not None:
+        pin()
 
 
 def _percentiles(samples: list[float]) -> dict[str, float | None]:
@@ -140,6 +158,30 @@ async def _viewers(
     return tally, viewers
 
 
+async def _fanout_delay(urls: list[str]) -> dict[str, float | None]:
+    """The nodes' own view, from /metrics: from an event reaching a node to its frame being
+    written to every client (upper bounds of the histogram buckets holding p50 and p99)."""
+    import aiohttp
+
+    buckets: dict[float, float] = {}
+    async with aiohttp.ClientSession() as http:
+        for url in urls:
+            async with http.get(url + "/metrics") as r:
+                for line in (await r.text()).splitlines():
+                    if line.startswith("tribune_fanout_delay_seconds_bucket"):
+                        bound = line.split('le="', 1)[1].split('"', 1)[0]
+                        upper = float("inf") if bound == "+Inf" else float(bound)
+                        buckets[upper] = buckets.get(upper, 0.0) + float(line.rsplit(" ", 1)[1])
+    total = buckets.get(float("inf"), 0.0)
+
+    def upper_for(q: float) -> float | None:
+        if not total:
+            return None
+        return next((round(b * 1000, 1) for b in sorted(buckets) if buckets[b] >= q * total), None)
+
+    return {"p50_at_most": upper_for(0.5), "p99_at_most": upper_for(0.99)}
+
+
 async def _drain(viewers: list[ViewerProtocol], final_seq: int, seconds: float) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -160,6 +202,8 @@ async def run_tribune(
 ) -> dict[str, Any]:
     services = EmbeddedServices(root / "services", postgres=True, redis=True)
     database_url, redis_url = await asyncio.to_thread(services.start)
+    # The servers stay free to use any CPU; the nodes take CPU 0 and this generator the rest.
+    _pin_self()
     procs: list[subprocess.Popen[bytes]] = []
     try:
         conn = await asyncpg.connect(database_url)
@@ -190,23 +234,9 @@ async def run_tribune(
                 "TRIBUNE_LOG_LEVEL": "WARNING",
                 "TRIBUNE_DATABASE_POOL_MAX": "30",
             }
-            log = (root / f"node-{k}.log").open("wb")
-            procs.append(
-                subprocess.Popen(
-                    [
-                        str(Path(sys.executable).with_name("tribune")),
-                        "serve",
-                        "--port",
-                        str(port),
-                        "--data-dir",
-                        str(root / f"node-{k}"),
-                    ],
-                    env=env,
-                    stdout=log,
-                    stderr=log,
-                    preexec_fn=_pin({0}),
-                )
-            )
+            tribune = str(Path(sys.executable).with_name("tribune"))
+            command = [tribune, "serve", "--port", str(port), "--data-dir", str(root / f"node-{k}")]
+            procs.append(_spawn(command, env, root / f"node-{k}.log"))
             urls.append(f"http://127.0.0.1:{port}")
         for url in urls:
             await _wait_http(url + "/readyz")
@@ -241,7 +271,7 @@ async def run_tribune(
                 published += 1
 
         pids = [p.pid for p in procs]
-        cpu0, t0, events0 = _cpu(pids), time.monotonic(), tally.events
+        cpu0, t0, events0, own0 = _cpu(pids), time.monotonic(), tally.events, _cpu([os.getpid()])
         tasks = []
         n = 0
         while time.monotonic() - t0 < duration:
@@ -255,6 +285,8 @@ async def run_tribune(
         elapsed, cpu = time.monotonic() - t0, _cpu(pids) - cpu0
         tally.events -= events0
         report = _report("tribune", clients, nodes, published, tally, viewers, final_seq, {}, elapsed, cpu)
+        report["load_generator_cpu_s"] = round(_cpu([os.getpid()]) - own0, 2)
+        report["node_fanout_delay_ms"] = await _fanout_delay(urls)
         for client in (writer, moderator):
             await client.disconnect()
         for viewer in viewers:
@@ -281,13 +313,10 @@ async def run_baseline(
     sample_every: int,
     progress: Callable[[str, int, int], None],
 ) -> dict[str, Any]:
+    _pin_self()
     port = _free_port()
-    log = (root / "baseline.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "interaction.baseline", str(port)],
-        stdout=log,
-        stderr=log,
-        preexec_fn=_pin({0}),
+    proc = _spawn(
+        [sys.executable, "-m", "interaction.baseline", str(port)], dict(os.environ), root / "baseline.log"
     )
     try:
         url = f"http://127.0.0.1:{port}"
@@ -306,7 +335,7 @@ async def run_baseline(
             if ack.get("ok"):
                 published += 1
 
-        cpu0, t0, events0 = _cpu([proc.pid]), time.monotonic(), tally.events
+        cpu0, t0, events0, own0 = _cpu([proc.pid]), time.monotonic(), tally.events, _cpu([os.getpid()])
         tasks = []
         n = 0
         while time.monotonic() - t0 < duration:
@@ -330,6 +359,7 @@ async def run_baseline(
             elapsed,
             cpu,
         )
+        report["load_generator_cpu_s"] = round(_cpu([os.getpid()]) - own0, 2)
         with contextlib.suppress(Exception):
             await publisher.disconnect()
         for viewer in viewers:
@@ -354,9 +384,6 @@ async def bench_comments(
     progress: Callable[[str, int, int], None],
 ) -> dict[str, Any]:
     _raise_fd_limit()
-    pin = _pin(set(range(1, os.cpu_count() or 2)))
-    if pin is not None:
-        pin()
     root = Path(tempfile.mkdtemp(prefix="tb-"))
     try:
         result: dict[str, Any] = {"benchmark": "comments", "rate": rate, "duration_s": duration}

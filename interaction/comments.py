@@ -63,7 +63,7 @@ class Outcome:
     """What a write changed: the ack, the events to fan out, the moderators' queue change."""
 
     ack: dict[str, Any]
-    events: list[events.Event] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)  # in wire form: seq, type, at, data
     queue_added: list[dict[str, Any]] = field(default_factory=list)
     queue_removed: list[int] = field(default_factory=list)
 
@@ -125,97 +125,44 @@ async def send(
             return Outcome(ack={"comment": {"id": first["id"], "status": first["status"]}, "repeated": True})
         outcome = Outcome(ack={"comment": {"id": row["id"], "status": status}})
         if status == "published":
-            outcome.events = await events.append(
+            written = await events.append(
                 conn, session.id, [events.NewEvent("comment.published", public_view(row), who.rep)]
             )
+            outcome.events = [e.wire() for e in written]
         else:
             outcome.queue_added = [queue_view(row)]
     return outcome
 
 
-_FLAG_ACTIONS: dict[str, tuple[str, bool]] = {
-    "pin": ("pinned", True),
-    "unpin": ("pinned", False),
-    "highlight": ("highlighted", True),
-    "unhighlight": ("highlighted", False),
-    "answered": ("answered", True),
-    "adopt": ("adopted", True),
-}
-
-
 async def moderate(
     pool: asyncpg.Pool, session_id: str, who: Principal, *, comment_id: int, action: str, note: str
 ) -> Outcome:
+    """One moderation action, done by the ledger's `moderate_comment` in one round trip."""
     if not who.has(*STAFF):
         raise NotPermitted("moderating comments needs the moderator, host or admin role")
     note = clean_text(note, multiline=True)
     if len(note) > 1000:
         raise InvalidMessage("a moderation note is at most 1000 characters")
-    async with pool.acquire() as conn, conn.transaction():
-        row = await conn.fetchrow(
-            f"SELECT {_COLUMNS} FROM comments WHERE id = $1 AND session_id = $2 FOR UPDATE",
-            comment_id,
-            session_id,
+    try:
+        result = await pool.fetchval(
+            "SELECT moderate_comment($1, $2, $3, $4, $5)", comment_id, session_id, who.rep, action, note
         )
-        if row is None:
-            raise CommentNotFound(f"no comment {comment_id} in this session")
-        status = row["status"]
-        outcome = Outcome(ack={"comment": {"id": comment_id}})
-        new_events: list[events.NewEvent] = []
-        if action == "approve":
-            if status != "pending":
-                raise ModerationConflict(f"comment {comment_id} is {status}, not pending")
-            row = await conn.fetchrow(
-                f"UPDATE comments SET status = 'published' WHERE id = $1 RETURNING {_COLUMNS}", comment_id
-            )
-            new_events.append(events.NewEvent("comment.published", public_view(row), who.rep))
-            outcome.queue_removed = [comment_id]
-        elif action == "reject":
-            if status != "pending":
-                raise ModerationConflict(
-                    f"comment {comment_id} is {status}; only pending comments are rejected"
-                )
-            await conn.execute("UPDATE comments SET status = 'rejected' WHERE id = $1", comment_id)
-            outcome.queue_removed = [comment_id]
-        elif action == "remove":
-            if status not in ("published", "pending"):
-                raise ModerationConflict(f"comment {comment_id} is already {status}")
-            await conn.execute("UPDATE comments SET status = 'removed' WHERE id = $1", comment_id)
-            if status == "published":
-                new_events.append(events.NewEvent("comment.removed", {"id": comment_id}, who.rep))
-            else:
-                outcome.queue_removed = [comment_id]
-        elif action in _FLAG_ACTIONS:
-            if status != "published":
-                raise ModerationConflict(
-                    f"comment {comment_id} is {status}; {action} applies to published ones"
-                )
-            column, value = _FLAG_ACTIONS[action]
-            extra = ", adopted_note = $3" if action == "adopt" else ""
-            args: list[Any] = [comment_id, value] + ([note] if action == "adopt" else [])
-            row = await conn.fetchrow(
-                f"UPDATE comments SET {column} = $2{extra} WHERE id = $1 RETURNING {_COLUMNS}", *args
-            )
-            view = public_view(row)
-            new_events.append(events.NewEvent("comment.updated", {k: view[k] for k in _UPDATED}, who.rep))
-        else:
-            raise InvalidMessage(f"unknown moderation action {action!r}")
-        await conn.execute(
-            "INSERT INTO moderation_actions (comment_id, moderator_id, action, note) VALUES ($1, $2, $3, $4)",
-            comment_id,
-            who.rep,
-            action,
-            note,
+    except asyncpg.InvalidParameterValueError:
+        raise InvalidMessage(f"unknown moderation action {action!r}") from None
+    if result.get("error") == "not_found":
+        raise CommentNotFound(f"no comment {comment_id} in this session")
+    if result.get("error") == "conflict":
+        raise ModerationConflict(
+            f"comment {comment_id} is {result['status']}; it cannot be {action}ed now"
+            if action in ("approve", "reject")
+            else f"comment {comment_id} is {result['status']}; {action} does not apply"
         )
-        if new_events:
-            outcome.events = await events.append(conn, session_id, new_events)
-        outcome.ack["comment"]["status"] = await conn.fetchval(
-            "SELECT status FROM comments WHERE id = $1", comment_id
-        )
+    outcome = Outcome(ack={"comment": {"id": comment_id, "status": result["status"]}})
+    if result["event"] is not None:
+        outcome.events = [result["event"]]
+    if action in ("approve", "reject") or (action == "remove" and result["event"] is None):
+        outcome.queue_removed = [comment_id]
     return outcome
-
-
-_UPDATED = ("id", "pinned", "highlighted", "answered", "adopted", "note")
 
 
 async def snapshot(pool: asyncpg.Pool, session_id: str, *, recent: int = 50) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import struct
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -102,6 +103,7 @@ class Fanout:
         replay: Callable[[Client], None],
         on_drop: Callable[[], None],
         on_deliver: Callable[[int], None],
+        on_flush: Callable[[float, float], None] = lambda delay, took: None,
     ) -> None:
         self._sio = sio
         self._rooms = rooms
@@ -110,12 +112,16 @@ class Fanout:
         self._replay = replay
         self._on_drop = on_drop
         self._on_deliver = on_deliver
+        self._on_flush = on_flush
         self._transports = install_transport_registry(sio)
+        self._sockets: dict[str, Any] = sio.eio.sockets
         self._task: asyncio.Task[None] | None = None
 
     def deliver(self, client: Client, frame: Frame) -> bool:
-        """Write one frame to one client; False when the client is gone or was dropped."""
-        sock = self._sio.eio.sockets.get(client.eio_sid)
+        """Write one frame to one client; False when the client is gone or was dropped.
+
+        This runs once per client per tick: kept to a few lookups and one write."""
+        sock = self._sockets.get(client.eio_sid)
         if sock is None or sock.closed or sock.closing:
             return False
         transport = self._transports.get(client.eio_sid)
@@ -153,8 +159,11 @@ class Fanout:
         Clients at the same position share one encoded frame."""
         frames: dict[int, tuple[Frame, int, int]] = {}  # from seq → (frame, last seq, events)
         delivered = 0
-        for client in list(room.clients.values()):
-            if not client.ready or client.last_seq >= room.last_seq:
+        target = room.last_seq
+        deliver = self.deliver
+        # No await in this loop, so the room cannot change under it: no copy of 10,000 clients.
+        for client in room.clients.values():
+            if client.last_seq >= target or not client.ready:
                 continue
             entry = frames.get(client.last_seq)
             if entry is None:
@@ -166,22 +175,29 @@ class Fanout:
                 entry = (Frame(socketio_event("events", batch)), int(batch[-1]["seq"]), len(batch))
                 frames[client.last_seq] = entry
             frame, last, count = entry
-            if self.deliver(client, frame):
+            if deliver(client, frame):
                 client.last_seq = last
                 delivered += count
         return delivered
 
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
+        """One tick every `tick` seconds. When writing takes longer than a tick the node is
+        overloaded: the next tick then waits half a tick after this one ends, so clients get
+        fewer, fuller frames instead of more, smaller ones that would feed the overload."""
         while True:
-            started = loop.time()
+            started = time.monotonic()
             delivered = 0
             for room in list(self._rooms.by_session.values()):
+                waiting, began = room.waiting_since, time.monotonic()
                 delivered += self.flush(room)
+                room.waiting_since = None
+                if waiting is not None:
+                    done = time.monotonic()
+                    self._on_flush(done - waiting, done - began)
             if delivered:
                 self._on_deliver(delivered)
-            elapsed = loop.time() - started
-            await asyncio.sleep(max(0.0, self._tick - elapsed))
+            elapsed = time.monotonic() - started
+            await asyncio.sleep(max(self._tick - elapsed, self._tick / 2 if elapsed >= self._tick else 0.0))
 
     def start(self) -> None:
         self._task = asyncio.create_task(self.run(), name="fanout")

@@ -230,7 +230,7 @@ async def connect_viewers(
             protocol = ViewerProtocol(
                 url.netloc, auth, tally, cache, sent_at if i % sample_every == 0 else None, ready
             )
-            await loop.create_connection(lambda: protocol, url.hostname, url.port)
+            await loop.create_connection(lambda: protocol, url.hostname or "127.0.0.1", url.port or 80)
             viewers.append(protocol)
             await asyncio.wait_for(ready, 60)
         if progress is not None:

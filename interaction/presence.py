@@ -60,6 +60,13 @@ class Presence:
         for gone in set(self._totals) - {r.session_id for r in rooms}:
             del self._totals[gone]
 
+    async def forget(self, session_id: str) -> None:
+        """This node has nobody left in the session: drop its count now, not at expiry."""
+        try:
+            await self._redis.hdel(f"{self._prefix}presence:{session_id}", self._node)
+        except UNAVAILABLE as exc:
+            log.warning("presence cleanup skipped: %r", exc)
+
     async def run(self, also: Callable[[], Awaitable[None]]) -> None:
         while True:
             try:

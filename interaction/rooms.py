@@ -3,6 +3,7 @@ session's recent events in seq order, gap-free."""
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ class Room:
     last_seq: int
     clients: dict[str, Client] = field(default_factory=dict)
     buffer: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=BUFFER_EVENTS))
+    waiting_since: float | None = None  # when the oldest event not yet flushed arrived
 
     def accept(self, events: Iterable[dict[str, Any]]) -> tuple[int, int] | None:
         """Append events in seq order. Returns the missing range (first, last) when the
@@ -44,6 +46,8 @@ class Room:
                 return self.last_seq + 1, seq - 1
             self.buffer.append(event)
             self.last_seq = seq
+            if self.waiting_since is None:
+                self.waiting_since = time.monotonic()
         return None
 
     def after(self, seq: int, limit: int) -> list[dict[str, Any]] | None:

@@ -128,11 +128,16 @@ class Live:
             replay=self._schedule_replay,
             on_drop=self.metrics.slow_client_drops.inc,
             on_deliver=self.metrics.deliveries.inc,
+            on_flush=self._flushed,
         )
         self._pending: dict[str, tuple[Client, Since | None, dict[str, Any]]] = {}
         self._fills: dict[str, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._register()
+
+    def _flushed(self, delay: float, took: float) -> None:
+        self.metrics.fanout_delay.observe(delay)
+        self.metrics.fanout_flush.observe(took)
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -285,7 +290,9 @@ class Live:
 
     async def on_disconnect(self, sid: str, reason: Any = None) -> None:
         self._pending.pop(sid, None)
-        self.rooms.leave(sid)
+        client = self.rooms.leave(sid)
+        if client is not None and self.rooms.get(client.session_id) is None:
+            await self.presence.forget(client.session_id)
 
     # --- client events ---------------------------------------------------------------
 
@@ -405,11 +412,11 @@ class Live:
 
     async def committed(self, session_id: str, events: Sequence[ledger_events.Event]) -> None:
         """EventSink: events another part of the node committed (e.g. a session's state)."""
-        await self._publish(session_id, comments.Outcome(ack={}, events=list(events)))
+        await self._publish(session_id, comments.Outcome(ack={}, events=[e.wire() for e in events]))
 
     async def _publish(self, session_id: str, outcome: comments.Outcome) -> None:
         if outcome.events:
-            wire = [e.wire() for e in outcome.events]
+            wire = outcome.events
             self._feed(session_id, wire)
             await self.bus.publish("ev", s=session_id, e=wire)
         if outcome.queue_added or outcome.queue_removed:

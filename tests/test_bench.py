@@ -1,0 +1,35 @@
+"""`tribune bench comments` runs end to end and its correctness figures hold (no timing asserted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.test_node import clean_env
+
+TRIBUNE = str(Path(sys.executable).with_name("tribune"))
+
+
+@pytest.mark.slow
+def test_bench_comments_small_run() -> None:
+    result = subprocess.run(
+        [TRIBUNE, "bench", "comments", "--clients", "60", "--rate", "20", "--duration", "2", "--json"],
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout)
+    ours, baseline = figures["tribune"], figures["baseline"]
+    for run in (ours, baseline):
+        assert run["clients"] == run["connected"] == 60
+        assert 35 <= run["published"] <= 42  # 20 a second for 2 seconds
+        assert run["deliveries"] == 60 * run["published"]  # every viewer got every event …
+        assert run["lost"] == run["duplicated"] == run["out_of_order"] == 0  # … once, in order
+        assert run["latency_ms"]["p50"] is not None and run["server_cpu_s"] > 0
+    assert figures["deliveries_per_cpu_s_vs_baseline"] > 0
