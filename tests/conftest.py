@@ -7,6 +7,7 @@ its own database (cloned from a migrated template) and its own Redis key prefix.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import shutil
@@ -125,6 +126,17 @@ async def client(settings: Settings) -> AsyncIterator[TestClient[Any, Any]]:
     """The very app `tribune serve` runs, on a loopback port."""
     async with TestClient(TestServer(create_app(settings))) as test_client:
         yield test_client
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def own_services() -> AsyncIterator[EmbeddedServices]:
+    """PostgreSQL and Valkey of this test's own, so stopping them disturbs no other test."""
+    root = Path(tempfile.mkdtemp(prefix="tro-"))
+    services = EmbeddedServices(root, postgres=True, redis=True)
+    await asyncio.to_thread(services.start)
+    yield services
+    await asyncio.to_thread(services.stop)
+    shutil.rmtree(root, ignore_errors=True)
 
 
 class Tokens:

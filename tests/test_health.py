@@ -2,15 +2,12 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import shutil
-import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
-import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
 
 from config.app import create_app
@@ -41,17 +38,6 @@ async def wait_for(check: Callable[[], Awaitable[bool]], seconds: float = 15) ->
             return True
         await asyncio.sleep(0.1)
     return False
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def own_services() -> AsyncIterator[EmbeddedServices]:
-    """Servers of this test's own, so stopping them disturbs no other test."""
-    root = Path(tempfile.mkdtemp(prefix="trh-"))
-    services = EmbeddedServices(root, postgres=True, redis=True)
-    await asyncio.to_thread(services.start)
-    yield services
-    await asyncio.to_thread(services.stop)
-    shutil.rmtree(root, ignore_errors=True)
 
 
 async def test_readyz_follows_postgres_and_redis(own_services: EmbeddedServices, tmp_path: Path) -> None:

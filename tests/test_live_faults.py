@@ -5,16 +5,12 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-import shutil
 import signal
-import tempfile
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
-import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
 
 from config.app import create_app
@@ -144,16 +140,6 @@ async def test_kill_minus_9_one_of_two_nodes(services, database_url, tmp_path: P
         b.stop()
         a.stop()
         await conn.close()
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def own_services() -> AsyncIterator[EmbeddedServices]:
-    root = Path(tempfile.mkdtemp(prefix="trr-"))
-    services = EmbeddedServices(root, postgres=True, redis=True)
-    await asyncio.to_thread(services.start)
-    yield services
-    await asyncio.to_thread(services.stop)
-    shutil.rmtree(root, ignore_errors=True)
 
 
 async def test_redis_restart_loses_nothing(own_services: EmbeddedServices, tmp_path: Path) -> None:
