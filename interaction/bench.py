@@ -182,6 +182,13 @@ async def _fanout_delay(urls: list[str]) -> dict[str, float | None]:
     return {"p50_at_most": upper_for(0.5), "p99_at_most": upper_for(0.99)}
 
 
+async def _close_client(client: socketio.AsyncClient) -> None:
+    await client.disconnect()
+    http = getattr(client.eio, "http", None)
+    if http is not None and not http.closed:
+        await http.close()
+
+
 async def _drain(viewers: list[ViewerProtocol], final_seq: int, seconds: float) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -288,7 +295,7 @@ async def run_tribune(
         report["load_generator_cpu_s"] = round(_cpu([os.getpid()]) - own0, 2)
         report["node_fanout_delay_ms"] = await _fanout_delay(urls)
         for client in (writer, moderator):
-            await client.disconnect()
+            await _close_client(client)
         for viewer in viewers:
             viewer._close()
         await conn.close()
@@ -361,7 +368,7 @@ async def run_baseline(
         )
         report["load_generator_cpu_s"] = round(_cpu([os.getpid()]) - own0, 2)
         with contextlib.suppress(Exception):
-            await publisher.disconnect()
+            await _close_client(publisher)
         for viewer in viewers:
             viewer._close()
         return report

@@ -88,4 +88,12 @@ class Viewer:
         return [e for e in self.events if e["type"] == kind]
 
     async def close(self) -> None:
-        await self.sio.disconnect()
+        await close_client(self.sio)
+
+
+async def close_client(sio: socketio.AsyncClient) -> None:
+    """Disconnect, and close the HTTP session Engine.IO keeps even after a refused connect."""
+    await sio.disconnect()
+    http = getattr(sio.eio, "http", None)
+    if http is not None and not http.closed:
+        await http.close()

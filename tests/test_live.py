@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from config.app import create_app
 from config.auth import Role, mint_token
 from config.settings import Settings
-from tests.live import Viewer
+from tests.live import Viewer, close_client
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -78,6 +78,7 @@ async def test_refusals_say_why(client, auth, db, viewers, settings) -> None:  #
         sio.on("connect_error", refused.append)
         with pytest.raises(socketio.exceptions.ConnectionError):
             await sio.connect(str(client.make_url("/")), auth=auth_payload, transports=["websocket"])
+        await close_client(sio)
         assert refused and refused[0].get("code") == code, (auth_payload, refused)
         assert refused[0]["message"]
     # An outsider (not on the roster) may not attend a roster session: not found, like a missing one.

@@ -18,7 +18,7 @@ from config.auth import Role, mint_token
 from config.services import EmbeddedServices
 from config.settings import Settings
 from tests.conftest import TEST_SECRET
-from tests.live import Viewer
+from tests.live import Viewer, close_client
 from tests.test_node import Node, clean_env
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow]
@@ -39,9 +39,18 @@ class FailoverViewer(Viewer):
         self.node = 0
         self.reconnects: list[float] = []
         self._reconnecting: asyncio.Task[None] | None = None
+        self.closing = False
         self.sio.on("disconnect", self._lost)
 
+    async def close(self) -> None:
+        self.closing = True
+        if self._reconnecting is not None:
+            self._reconnecting.cancel()
+        await super().close()
+
     def _lost(self, *args: Any) -> None:
+        if self.closing:
+            return
         if self._reconnecting is None or self._reconnecting.done():
             self._reconnecting = asyncio.get_running_loop().create_task(self._failover())
 
@@ -51,7 +60,7 @@ class FailoverViewer(Viewer):
             self.node = (self.node + 1) % len(self.urls)
             await asyncio.sleep(0.2 + secrets.randbelow(300) / 1000)  # jitter
             try:
-                await self.sio.disconnect()
+                await close_client(self.sio)
                 await self.connect(resume=True, url=self.urls[self.node])
                 self.reconnects.append(asyncio.get_running_loop().time() - started)
                 return
