@@ -31,6 +31,7 @@ log = logging.getLogger("tribune.fanout")
 
 MAX_EVENTS_PER_FRAME = 500
 MAX_QUEUED_PACKETS = 256
+SLOW_READER_SECONDS = 10.0
 
 
 def socketio_event(name: str, data: Any) -> bytes:
@@ -138,6 +139,24 @@ class Fanout:
             return False
         sock.queue.put_nowait(frame.eio)
         return True
+
+    async def writable(self, client: Client, seconds: float = SLOW_READER_SECONDS) -> bool:
+        """Wait until the client has taken what it was sent (nothing queued in Engine.IO,
+        its socket buffer under the limit). A client that does not within `seconds` is
+        dropped: False."""
+        deadline = time.monotonic() + seconds
+        while True:
+            sock = self._sockets.get(client.eio_sid)
+            if sock is None or sock.closed or sock.closing:
+                return False
+            transport = self._transports.get(client.eio_sid)
+            buffered = transport.get_write_buffer_size() if transport is not None else 0
+            if sock.queue.empty() and buffered <= self._buffer_limit:
+                return True
+            if time.monotonic() > deadline:
+                self.drop(client, f"took nothing for {seconds:.0f}s")
+                return False
+            await asyncio.sleep(0.05)
 
     def drop(self, client: Client, why: str) -> None:
         log.info("dropping slow client %s (%s): %s", client.sid, client.who.rep, why)

@@ -9,9 +9,37 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgpack
+
 from config.auth import Principal
 
 BUFFER_EVENTS = 2000
+# One `events` frame stays well under what clients accept in one message (aiohttp's default
+# is 4 MB); a client further behind gets several frames.
+MAX_BATCH_BYTES = 512 * 1024
+
+
+def encoded_size(event: dict[str, Any]) -> int:
+    return len(msgpack.packb(event))
+
+
+def split_by_size(
+    events: list[dict[str, Any]], max_bytes: int = MAX_BATCH_BYTES
+) -> list[list[dict[str, Any]]]:
+    """Consecutive runs of events of about `max_bytes` each (a larger event goes alone)."""
+    batches: list[list[dict[str, Any]]] = []
+    current: list[dict[str, Any]] = []
+    total = 0
+    for event in events:
+        size = encoded_size(event)
+        if current and total + size > max_bytes:
+            batches.append(current)
+            current, total = [], 0
+        current.append(event)
+        total += size
+    if current:
+        batches.append(current)
+    return batches
 
 
 @dataclass(eq=False, slots=True)
@@ -33,6 +61,7 @@ class Room:
     last_seq: int
     clients: dict[str, Client] = field(default_factory=dict)
     buffer: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=BUFFER_EVENTS))
+    sizes: deque[int] = field(default_factory=lambda: deque(maxlen=BUFFER_EVENTS))  # encoded bytes
     waiting_since: float | None = None  # when the oldest event not yet flushed arrived
 
     def accept(self, events: Iterable[dict[str, Any]]) -> tuple[int, int] | None:
@@ -45,19 +74,26 @@ class Room:
             if seq != self.last_seq + 1:
                 return self.last_seq + 1, seq - 1
             self.buffer.append(event)
+            self.sizes.append(encoded_size(event))
             self.last_seq = seq
             if self.waiting_since is None:
                 self.waiting_since = time.monotonic()
         return None
 
-    def after(self, seq: int, limit: int) -> list[dict[str, Any]] | None:
-        """Events after `seq` from memory, or None when the buffer no longer reaches back."""
+    def after(self, seq: int, limit: int, max_bytes: int = MAX_BATCH_BYTES) -> list[dict[str, Any]] | None:
+        """Events after `seq` from memory — at most `limit` of them and about `max_bytes`, at
+        least one — or None when the buffer no longer reaches back."""
         if seq >= self.last_seq:
             return []
         if not self.buffer or int(self.buffer[0]["seq"]) > seq + 1:
             return None
         start = seq + 1 - int(self.buffer[0]["seq"])
-        end = min(len(self.buffer), start + limit)
+        end, total = start, 0
+        while end < len(self.buffer) and end - start < limit:
+            total += self.sizes[end]
+            if total > max_bytes and end > start:
+                break
+            end += 1
         return [self.buffer[i] for i in range(start, end)]
 
     def online(self) -> int:

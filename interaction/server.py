@@ -30,7 +30,7 @@ from interaction.errors import InvalidMessage, NotPermitted, SlowDown
 from interaction.fanout import Fanout
 from interaction.presence import Presence
 from interaction.ratelimit import TokenBucket
-from interaction.rooms import Client, Room, Rooms
+from interaction.rooms import Client, Room, Rooms, split_by_size
 from recorder import events as ledger_events
 from recorder import sessions
 from recorder.errors import SessionNotFound
@@ -275,8 +275,12 @@ class Live:
                 batch = [e.wire() for e in rows]
             if not batch:
                 return after
-            await self.sio.emit("events", batch, to=client.sid)
-            after = int(batch[-1]["seq"])
+            for part in split_by_size(batch):
+                # One part at a time: a client that does not read gets dropped, not buffered.
+                if not await self.fanout.writable(client):
+                    return after
+                await self.sio.emit("events", part, to=client.sid)
+                after = int(part[-1]["seq"])
 
     def _schedule_replay(self, client: Client) -> None:
         async def replay() -> None:

@@ -202,3 +202,55 @@ async def test_redis_restart_loses_nothing(own_services: EmbeddedServices, tmp_p
         await writer.close()
         await reader.close()
     await conn.close()
+
+
+async def test_slow_reader_is_dropped_and_others_are_not(client, auth, db, settings) -> None:  # type: ignore[no-untyped-def]
+    """A viewer that stops reading is cut off once its unsent bytes pass client_buffer_bytes;
+    a reading viewer in the same room gets everything."""
+    import socket
+
+    from interaction.loadgen import FrameCache, Tally, ViewerProtocol
+
+    await db.execute(SPEC, SESSION)
+    reader = Viewer(str(client.make_url("/")), mint_token(settings, rep="R"), SESSION)
+    await reader.connect()
+    loop = asyncio.get_running_loop()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a phone on a bad link
+    sock.setblocking(False)
+    await loop.sock_connect(sock, (client.host, client.port))
+    ready: asyncio.Future[bool] = loop.create_future()
+    tally = Tally()
+    auth_payload = {"token": mint_token(settings, rep="S"), "session": SESSION, "since": None}
+    transport, slow = await loop.create_connection(
+        lambda: ViewerProtocol(
+            f"{client.host}:{client.port}", auth_payload, tally, FrameCache(), None, ready
+        ),
+        sock=sock,
+    )
+    assert await asyncio.wait_for(ready, 10)
+    transport.pause_reading()
+    # 3,000 events of 4 KB each (12 MB) written straight into the ledger; the node catches up.
+    await db.execute(
+        """INSERT INTO events (session_id, seq, type, data)
+           SELECT $1, g, 'test.bulk', jsonb_build_object('pad', repeat('x', 4000))
+             FROM generate_series(1, 3000) AS g ORDER BY g""",
+        SESSION,
+    )
+    await reader.wait(lambda: reader.seq == 3000, seconds=60)
+    assert reader.gaps == reader.duplicates == 0
+
+    async def dropped() -> bool:
+        text = await (await client.get("/metrics")).text()
+        line = next(x for x in text.splitlines() if x.startswith("tribune_slow_client_drops_total"))
+        return float(line.split()[-1]) >= 1
+
+    deadline = loop.time() + 30
+    while not await dropped():
+        assert loop.time() < deadline, "the slow reader was never dropped"
+        await asyncio.sleep(0.2)
+    transport.resume_reading()
+    await asyncio.sleep(0.5)
+    assert slow.seq < 3000  # it never got everything: it was cut off, not buffered without bound
+    assert transport.is_closing() or tally.closed == 1
+    await reader.close()
