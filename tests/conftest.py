@@ -139,6 +139,22 @@ async def own_services() -> AsyncIterator[EmbeddedServices]:
     shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest_asyncio.fixture(loop_scope="session")
+async def own_settings(own_services: EmbeddedServices, tmp_path: Path) -> Settings:
+    """Settings of a node on `own_services`, with short timeouts so outages show quickly."""
+    assert own_services.postgres is not None and own_services.valkey is not None
+    return Settings(
+        data_dir=tmp_path,
+        database_url=await asyncio.to_thread(own_services.postgres.start),
+        redis_url=own_services.valkey.url,
+        redis_prefix="t" + secrets.token_hex(4) + ":",
+        jwt_secret=TEST_SECRET,
+        health_interval=0.2,
+        redis_timeout=0.5,
+        database_timeout=1.0,
+    )
+
+
 class Tokens:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings

@@ -1,9 +1,7 @@
 from __future__ import annotations
 
 import asyncio
-import secrets
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -13,7 +11,6 @@ from aiohttp.test_utils import TestClient, TestServer
 from config.app import create_app
 from config.services import EmbeddedServices
 from config.settings import Settings
-from tests.conftest import TEST_SECRET
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -40,19 +37,11 @@ async def wait_for(check: Callable[[], Awaitable[bool]], seconds: float = 15) ->
     return False
 
 
-async def test_readyz_follows_postgres_and_redis(own_services: EmbeddedServices, tmp_path: Path) -> None:
+async def test_readyz_follows_postgres_and_redis(
+    own_services: EmbeddedServices, own_settings: Settings
+) -> None:
     assert own_services.postgres is not None and own_services.valkey is not None
-    database_url = await asyncio.to_thread(own_services.postgres.start)
-    settings = Settings(
-        data_dir=tmp_path,
-        database_url=database_url,
-        redis_url=own_services.valkey.url,
-        jwt_secret=TEST_SECRET,
-        health_interval=0.2,
-        redis_timeout=0.5,
-        database_timeout=1.0,
-        redis_prefix=f"t{secrets.token_hex(3)}:",
-    )
+    settings = own_settings
     async with TestClient(TestServer(create_app(settings))) as client:
 
         async def status() -> tuple[int, dict[str, Any]]:
@@ -86,20 +75,13 @@ async def test_readyz_follows_postgres_and_redis(own_services: EmbeddedServices,
 
 
 async def test_ledger_outage_gives_503_and_writes_nothing(
-    own_services: EmbeddedServices, tmp_path: Path
+    own_services: EmbeddedServices, own_settings: Settings
 ) -> None:
     from config.auth import Role, mint_token
 
-    assert own_services.postgres is not None and own_services.valkey is not None
-    database_url = await asyncio.to_thread(own_services.postgres.start)
-    settings = Settings(
-        data_dir=tmp_path,
-        database_url=database_url,
-        redis_url=own_services.valkey.url,
-        jwt_secret=TEST_SECRET,
-        health_interval=0.2,
-        database_timeout=1.0,
-    )
+    assert own_services.postgres is not None
+    settings = own_settings
+    database_url = settings.database_url
     admin = {"Authorization": "Bearer " + mint_token(settings, rep="A1", roles=[Role.ADMIN])}
     spec = {
         "id": "outage",

@@ -151,19 +151,10 @@ async def test_kill_minus_9_one_of_two_nodes(services, database_url, tmp_path: P
         await conn.close()
 
 
-async def test_redis_restart_loses_nothing(own_services: EmbeddedServices, tmp_path: Path) -> None:
-    assert own_services.postgres is not None and own_services.valkey is not None
-    database_url = await asyncio.to_thread(own_services.postgres.start)
-    conn = await asyncpg.connect(database_url)
-    settings = Settings(
-        data_dir=tmp_path,
-        database_url=database_url,
-        redis_url=own_services.valkey.url,
-        jwt_secret=TEST_SECRET,
-        health_interval=0.3,
-        redis_timeout=0.5,
-        comment_burst=100,
-    )
+async def test_redis_restart_loses_nothing(own_services: EmbeddedServices, own_settings: Settings) -> None:
+    assert own_services.valkey is not None
+    settings = own_settings.replace(health_interval=0.3, comment_burst=100)
+    conn = await asyncpg.connect(settings.database_url)
     async with TestClient(TestServer(create_app(settings))) as node:
         await conn.execute(SPEC, SESSION)
         await conn.executemany(
