@@ -245,6 +245,8 @@ class Live:
                 },
                 to=sid,
             )
+            if not self.sio.manager.is_connected(sid, "/"):
+                return  # gone while we were sending hello: never join, or it would linger
             room = self.rooms.join(client, epoch=session["epoch"], last_seq=session["seq"])
             if since is not None and since.epoch == session["epoch"] and since.seq <= session["seq"]:
                 client.last_seq = await self._send_replay(client, room, since.seq)

@@ -362,3 +362,20 @@ async def test_comment_export(client, auth, db, viewers) -> None:  # type: ignor
     rows = list(sheet.iter_rows(values_only=True))
     assert rows[1][4] == '\'=HYPERLINK("http://x")' and rows[2][8] == "转交交通局"
     assert (await client.get(f"/api/sessions/{SESSION}/comments/export", headers=auth("R1"))).status == 403
+
+
+async def test_expired_token_is_disconnected(client, auth, db, settings) -> None:  # type: ignore[no-untyped-def]
+    await schedule(client, auth, db)
+    strict = settings.replace(node_id="expiry", jwt_leeway=0.0, presence_interval=0.2)
+    async with TestClient(TestServer(create_app(strict))) as node:
+        token = mint_token(strict, rep="R1", ttl=2)
+        viewer = Viewer(str(node.make_url("/")), token, SESSION)
+        await viewer.connect()
+        assert (await viewer.call("comment.send", {"text": "in time", "key": "t1"}))["ok"]
+        await viewer.wait(lambda: not viewer.sio.connected, seconds=10)  # closed once the token expired
+        fresh = Viewer(str(node.make_url("/")), token, SESSION)
+        with pytest.raises(socketio.exceptions.ConnectionError):
+            await fresh.connect()
+        assert fresh.refused["code"] == "unauthorized" and "expired" in fresh.refused["message"]
+        await viewer.close()
+        await fresh.close()
