@@ -52,14 +52,30 @@ def websocket_frame(payload: bytes) -> bytes:
 
 
 class Frame:
-    """A packet ready for both paths: raw WebSocket bytes and an Engine.IO packet."""
+    """A packet encoded once: the Socket.IO bytes and the raw WebSocket frame around them."""
 
-    __slots__ = ("eio", "payload", "ws")
+    __slots__ = ("payload", "ws")
 
     def __init__(self, payload: bytes) -> None:
         self.payload = payload
         self.ws = websocket_frame(payload)
-        self.eio = engineio.packet.Packet(engineio.packet.MESSAGE, data=payload)
+
+
+class _Counted(engineio.packet.Packet):  # type: ignore[misc]
+    """An Engine.IO message that tells its client when it is written. Engine.IO's writer
+    takes every queued packet at once and may wait for the socket between them, so an empty
+    queue does not mean nothing is pending: `in_flight` does. The writer encodes a packet
+    right before writing it, with no pause in between."""
+
+    def __init__(self, client: Client, payload: bytes) -> None:
+        super().__init__(engineio.packet.MESSAGE, data=payload)
+        self._client: Client | None = client
+
+    def encode(self, b64: bool = False) -> Any:
+        if self._client is not None:
+            self._client.in_flight -= 1
+            self._client = None
+        return super().encode(b64)
 
 
 class TransportRegistry(eio_aiohttp.WebSocket):  # type: ignore[misc]
@@ -116,6 +132,8 @@ class Fanout:
         self._on_flush = on_flush
         self._transports = install_transport_registry(sio)
         self._sockets: dict[str, Any] = sio.eio.sockets
+        self._dropping: set[asyncio.Task[Any]] = set()
+        self.gone: list[Client] = []  # clients whose socket vanished, for the owner to forget
         self._task: asyncio.Task[None] | None = None
 
     def deliver(self, client: Client, frame: Frame) -> bool:
@@ -124,9 +142,10 @@ class Fanout:
         This runs once per client per tick: kept to a few lookups and one write."""
         sock = self._sockets.get(client.eio_sid)
         if sock is None or sock.closed or sock.closing:
+            self.gone.append(client)
             return False
         transport = self._transports.get(client.eio_sid)
-        if transport is not None and sock.upgraded and not sock.upgrading and sock.queue.empty():
+        if transport is not None and client.in_flight == 0 and sock.upgraded and not sock.upgrading:
             if transport.is_closing():
                 return False
             if transport.get_write_buffer_size() > self._buffer_limit:
@@ -134,11 +153,23 @@ class Fanout:
                 return False
             transport.write(frame.ws)
             return True
+        return self.enqueue(client, frame.payload, sock)
+
+    def enqueue(self, client: Client, payload: bytes, sock: Any = None) -> bool:
+        """Send through Engine.IO's queue, in order with everything queued before."""
+        sock = sock if sock is not None else self._sockets.get(client.eio_sid)
+        if sock is None or sock.closed or sock.closing:
+            return False
         if sock.queue.qsize() > MAX_QUEUED_PACKETS:
             self.drop(client, "queue full")
             return False
-        sock.queue.put_nowait(frame.eio)
+        client.in_flight += 1
+        sock.queue.put_nowait(_Counted(client, payload))
         return True
+
+    def send(self, client: Client, name: str, data: Any) -> bool:
+        """One event to one client, ordered with the frames it gets from the fan-out."""
+        return self.enqueue(client, socketio_event(name, data))
 
     async def writable(self, client: Client, seconds: float = SLOW_READER_SECONDS) -> bool:
         """Wait until the client has taken what it was sent (nothing queued in Engine.IO,
@@ -165,7 +196,9 @@ class Fanout:
         transport = self._transports.pop(client.eio_sid, None)
         if transport is not None:
             transport.abort()  # a slow reader gets no more bytes, not even a close frame
-        asyncio.get_running_loop().create_task(self._sio.disconnect(client.sid))
+        task = asyncio.get_running_loop().create_task(self._sio.disconnect(client.sid))
+        self._dropping.add(task)
+        task.add_done_callback(self._dropping.discard)
 
     def broadcast(self, room: Room, name: str, data: Any, *, staff_only: bool = False) -> None:
         frame = Frame(socketio_event(name, data))
@@ -205,18 +238,26 @@ class Fanout:
         delivery than it saved; and yielding inside a room's flush let ticks run back to back.)"""
         while True:
             started = time.monotonic()
-            delivered = 0
-            for room in list(self._rooms.by_session.values()):
-                waiting, began = room.waiting_since, time.monotonic()
-                delivered += self.flush(room)
-                room.waiting_since = None
-                if waiting is not None:
-                    done = time.monotonic()
-                    self._on_flush(done - waiting, done - began)
-            if delivered:
-                self._on_deliver(delivered)
+            try:
+                self._tick_once()
+            except Exception:  # one bad tick must not end delivery on this node
+                log.exception("fan-out tick failed")
             elapsed = time.monotonic() - started
             await asyncio.sleep(max(0.0, self._tick - elapsed))
+
+    def _tick_once(self) -> None:
+        delivered = 0
+        for room in list(self._rooms.by_session.values()):
+            waiting, began = room.waiting_since, time.monotonic()
+            delivered += self.flush(room)
+            room.waiting_since = None
+            if waiting is not None:
+                done = time.monotonic()
+                self._on_flush(done - waiting, done - began)
+        if delivered:
+            self._on_deliver(delivered)
+        while self.gone:
+            self._rooms.leave(self.gone.pop().sid)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self.run(), name="fanout")

@@ -69,13 +69,13 @@ class Presence:
 
     async def run(self, also: Callable[[], Awaitable[None]]) -> None:
         while True:
-            try:
-                await self.tick()
-                await also()
-            except asyncio.CancelledError:
-                raise
-            except UNAVAILABLE as exc:
-                log.warning("presence update skipped: %r", exc)
-            except Exception:
-                log.exception("presence update failed")
+            for step in (self.tick, also):  # each on its own: Redis being away must not stop `also`
+                try:
+                    await step()
+                except asyncio.CancelledError:
+                    raise
+                except UNAVAILABLE as exc:
+                    log.warning("presence update skipped: %r", exc)
+                except Exception:
+                    log.exception("periodic %s failed", getattr(step, "__name__", "step"))
             await asyncio.sleep(self._interval)

@@ -52,6 +52,7 @@ class Client:
     staff: bool
     last_seq: int = 0  # the last seq this client has been sent
     ready: bool = False  # hello and replay or snapshot are out; live events may follow
+    in_flight: int = 0  # packets of ours in Engine.IO's queue or writer, not yet written
 
 
 @dataclass(eq=False, slots=True)

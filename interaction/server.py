@@ -163,6 +163,7 @@ class Live:
         self.bus.on("q", self._on_bus_queue)
         self.bus.on("words", self._on_bus_words)
         self.bus.on_resubscribed(self._catch_up)
+        self.bus.on_resubscribed(self._refresh_queues)
         await self.bus.start()
         app[keys.HEALTH].extra["pubsub"] = self.bus.problem
         self.fanout.start()
@@ -229,7 +230,11 @@ class Live:
     async def _welcome(self, client: Client, since: Since | None, session: dict[str, Any]) -> None:
         sid = client.sid
         try:
-            await self.sio.emit(
+            sock = self.sio.eio.sockets.get(client.eio_sid)
+            if not self.sio.manager.is_connected(sid, "/") or sock is None or sock.closed or sock.closing:
+                return  # gone while connecting (no disconnect event follows then): never join
+            self.fanout.send(
+                client,
                 "hello",
                 {
                     "node": self.settings.node_id,
@@ -243,23 +248,23 @@ class Live:
                     "epoch": session["epoch"],
                     "seq": session["seq"],
                 },
-                to=sid,
             )
-            if not self.sio.manager.is_connected(sid, "/"):
-                return  # gone while we were sending hello: never join, or it would linger
             room = self.rooms.join(client, epoch=session["epoch"], last_seq=session["seq"])
             if since is not None and since.epoch == session["epoch"] and since.seq <= session["seq"]:
                 client.last_seq = await self._send_replay(client, room, since.seq)
             else:
                 snap = await comments.snapshot(self.pool, client.session_id)
-                await self.sio.emit("snapshot", snap, to=sid)
+                self.fanout.send(client, "snapshot", snap)
                 client.last_seq = int(snap["seq"])
+            if sid not in self.rooms.by_sid:
+                return
+            # Ready before the queue is read: an update racing the read arrives after the full
+            # list and is applied to it; one before the read is in it.
+            client.ready = True
             if client.staff:
                 queue = await comments.pending(self.pool, client.session_id)
-                await self.sio.emit("queue", {"full": True, "pending": queue}, to=sid)
-            if sid in self.rooms.by_sid:
-                client.ready = True
-                await self.sio.emit("presence", {"online": self.presence.online(room)}, to=sid)
+                self.fanout.send(client, "queue", {"full": True, "pending": queue})
+            self.fanout.send(client, "presence", {"online": self.presence.online(room)})
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -279,9 +284,8 @@ class Live:
                 return after
             for part in split_by_size(batch):
                 # One part at a time: a client that does not read gets dropped, not buffered.
-                if not await self.fanout.writable(client):
+                if not await self.fanout.writable(client) or not self.fanout.send(client, "events", part):
                     return after
-                await self.sio.emit("events", part, to=client.sid)
                 after = int(part[-1]["seq"])
 
     def _schedule_replay(self, client: Client) -> None:
@@ -289,8 +293,14 @@ class Live:
             room = self.rooms.get(client.session_id)
             if room is None:
                 return
-            client.last_seq = await self._send_replay(client, room, client.last_seq)
-            client.ready = client.sid in self.rooms.by_sid
+            try:
+                client.last_seq = await self._send_replay(client, room, client.last_seq)
+                client.ready = client.sid in self.rooms.by_sid
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # it resumes from its seq on reconnect
+                log.warning("replay to %s failed: %r; disconnecting it", client.sid, exc)
+                await self.sio.disconnect(client.sid)
 
         self._spawn(replay())
 
@@ -320,6 +330,9 @@ class Live:
                 return {"ok": False, "error": {"code": "unavailable", "message": "try again shortly"}}
             except msgspec.ValidationError as exc:
                 return failure(InvalidMessage(f"invalid payload: {exc}"))
+            except Exception:  # the client still gets an answer; the node logs the bug
+                log.exception("live event from %s failed", sid)
+                return {"ok": False, "error": {"code": "internal", "message": "internal error; it is logged"}}
 
         return handle
 
@@ -334,6 +347,8 @@ class Live:
         head = await self.pool.fetchrow(
             "SELECT state, moderation, epoch FROM sessions WHERE id = $1", client.session_id
         )
+        if head is None:
+            raise SessionNotFound(f"session {client.session_id!r} no longer exists")
         info = comments.SessionInfo(client.session_id, head["state"], head["moderation"], head["epoch"])
         if not await self._is_repeat(client, message.key):
             wait = await self._rate_limit(client)
@@ -488,14 +503,36 @@ class Live:
     async def _catch_up_loop(self) -> None:
         while True:
             await asyncio.sleep(max(1.0, self.settings.health_interval))
-            await self._catch_up()
+            try:
+                await self._catch_up()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the loop is what makes a lost doorbell harmless: keep it
+                log.exception("catch-up poll failed")
+
+    async def _refresh_queues(self) -> None:
+        """After (re)subscribing, queue updates may have been missed: send staff the full list."""
+        for room in list(self.rooms.by_session.values()):
+            staff = [c for c in room.clients.values() if c.staff and c.ready]
+            if not staff:
+                continue
+            try:
+                queue = await comments.pending(self.pool, room.session_id)
+            except UNAVAILABLE as exc:
+                log.warning("queue refresh for %s failed: %r", room.session_id, exc)
+                continue
+            for client in staff:
+                self.fanout.send(client, "queue", {"full": True, "pending": queue})
 
     async def _expire_tokens(self) -> None:
         self.metrics.live_clients.set(len(self.rooms.by_sid))
         now = time.time() - self.settings.jwt_leeway
         for client in list(self.rooms.by_sid.values()):
             if client.who.expires_at < now:
-                await self.sio.disconnect(client.sid)
+                try:
+                    await self.sio.disconnect(client.sid)
+                except Exception:
+                    log.exception("disconnecting %s (token expired) failed", client.sid)
 
 
 LIVE: web.AppKey[Live] = web.AppKey("live")

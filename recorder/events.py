@@ -38,7 +38,9 @@ async def append(conn: asyncpg.Connection, session_id: str, items: Sequence[NewE
     """
     if not conn.is_in_transaction():
         raise RuntimeError("events.append must run inside a transaction")
-    last = await conn.fetchval("SELECT last_seq FROM sessions WHERE id = $1 FOR UPDATE", session_id)
+    # NO KEY UPDATE: it queues writers of the log, yet does not conflict with the KEY SHARE
+    # lock that inserting a row referencing the session (a comment, a vote) already holds.
+    last = await conn.fetchval("SELECT last_seq FROM sessions WHERE id = $1 FOR NO KEY UPDATE", session_id)
     if last is None:
         raise SessionNotFound(f"no session {session_id!r}")
     if not items:

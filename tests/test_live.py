@@ -379,3 +379,26 @@ async def test_expired_token_is_disconnected(client, auth, db, settings) -> None
         assert fresh.refused["code"] == "unauthorized" and "expired" in fresh.refused["message"]
         await viewer.close()
         await fresh.close()
+
+
+async def test_concurrent_comments_do_not_deadlock(client, auth, db, settings) -> None:  # type: ignore[no-untyped-def]
+    """Inserting a comment holds a key-share lock on its session; taking the next seq must
+    not need more, or two concurrent senders deadlock (found by the kill -9 test)."""
+    await schedule(client, auth, db)
+    reps = [f"C{i}" for i in range(12)]
+    await db.executemany(
+        "INSERT INTO representatives (id, name, level) VALUES ($1, $1, 'city')", [(r,) for r in reps]
+    )
+    viewers_ = [Viewer(str(client.make_url("/")), mint_token(settings, rep=r), SESSION) for r in reps]
+    for v in viewers_:
+        await v.connect()
+    acks = await asyncio.gather(
+        *(v.call("comment.send", {"text": f"from {v.token[-6:]}", "key": "k"}) for v in viewers_)
+    )
+    assert all(a["ok"] for a in acks), acks
+    seqs = [
+        r["seq"] for r in await db.fetch("SELECT seq FROM events WHERE session_id = $1 ORDER BY seq", SESSION)
+    ]
+    assert seqs == list(range(1, 14))
+    for v in viewers_:
+        await v.close()

@@ -128,7 +128,10 @@ async def test_kill_minus_9_one_of_two_nodes(services, database_url, tmp_path: P
             await asyncio.wait_for(asyncio.gather(*tasks), 60)
         except TimeoutError:
             states = [(v.node, v.sio.connected, len(v.reconnects), v.seq) for v in viewers]
-            raise AssertionError(f"acked {len(acked)}; {errors[-5:]}; viewers {states[:3]}") from None
+            raise AssertionError(
+                f"acked {len(acked)}; {errors[-5:]}; viewers {states[:3]}; "
+                f"node b log: {b.log.read_text()[-3000:]}"
+            ) from None
         total = await conn.fetchval("SELECT last_seq FROM sessions WHERE id = $1", SESSION)
         assert total == 60 and len(acked) == 60
         stored = [r["body"] for r in await conn.fetch("SELECT body FROM comments ORDER BY id")]

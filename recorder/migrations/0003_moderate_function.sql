@@ -75,7 +75,7 @@ BEGIN
     IF ev_type IS NOT NULL THEN
         INSERT INTO events (session_id, seq, type, actor, data)
             SELECT p_session, s.last_seq + 1, ev_type, p_moderator, ev_data
-              FROM sessions s WHERE s.id = p_session FOR UPDATE
+              FROM sessions s WHERE s.id = p_session FOR NO KEY UPDATE
             RETURNING * INTO ev;
     END IF;
 
