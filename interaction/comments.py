@@ -55,7 +55,6 @@ class SessionInfo:
     id: str
     state: str
     moderation: str
-    epoch: str
 
 
 @dataclass(slots=True)

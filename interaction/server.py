@@ -345,11 +345,11 @@ class Live:
         comments.check_tier(client.tier)
         comments.check_text(message.text, self.settings.comment_max_chars)
         head = await self.pool.fetchrow(
-            "SELECT state, moderation, epoch FROM sessions WHERE id = $1", client.session_id
+            "SELECT state, moderation FROM sessions WHERE id = $1", client.session_id
         )
         if head is None:
             raise SessionNotFound(f"session {client.session_id!r} no longer exists")
-        info = comments.SessionInfo(client.session_id, head["state"], head["moderation"], head["epoch"])
+        info = comments.SessionInfo(client.session_id, head["state"], head["moderation"])
         if not await self._is_repeat(client, message.key):
             wait = await self._rate_limit(client)
             if wait > 0:

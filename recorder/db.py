@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
 
 import asyncpg
 
@@ -31,7 +30,3 @@ async def create_pool(url: str, *, min_size: int, max_size: int, timeout: float)
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
         raise LedgerUnavailable(f"cannot connect to PostgreSQL: {exc}; check database_url") from exc
     return pool
-
-
-def record(row: asyncpg.Record | None) -> dict[str, Any] | None:
-    return dict(row) if row is not None else None
