@@ -74,6 +74,9 @@ class Settings:
     client_buffer_bytes: int = 1024 * 1024
     replay_limit: int = 2000
 
+    attendance_lease: float = 30.0
+    attendance_grace: float = 60.0
+
     @property
     def embedded_database(self) -> bool:
         return not self.database_url
@@ -238,6 +241,8 @@ def _validated(s: Settings) -> Settings:
         fail("max_frame_bytes", "must be 1 KB..16 MB")
     if s.client_buffer_bytes < 64 * 1024:
         fail("client_buffer_bytes", "must be at least 64 KB")
+    if not 1 <= s.attendance_lease <= 3600 or not 0 <= s.attendance_grace <= 3600:
+        fail("attendance_lease", "need 1 <= attendance_lease <= 3600 and 0 <= attendance_grace <= 3600")
     if not 10 <= s.replay_limit <= 100_000:
         fail("replay_limit", "must be 10..100000")
     if s.max_upload_bytes < 1024:

@@ -259,6 +259,12 @@ class Fanout:
         while self.gone:
             self._rooms.leave(self.gone.pop().sid)
 
+    def abort_all(self) -> None:
+        """At shutdown, after clients were told: close every socket now rather than wait for
+        Engine.IO's ping timeout to notice."""
+        for transport in list(self._transports.values()):
+            transport.abort()
+
     def start(self) -> None:
         self._task = asyncio.create_task(self.run(), name="fanout")
 

@@ -53,6 +53,7 @@ class Client:
     last_seq: int = 0  # the last seq this client has been sent
     ready: bool = False  # hello and replay or snapshot are out; live events may follow
     in_flight: int = 0  # packets of ours in Engine.IO's queue or writer, not yet written
+    attends: bool = False  # a representative: their presence is attendance
 
 
 @dataclass(eq=False, slots=True)
@@ -60,6 +61,7 @@ class Room:
     session_id: str
     epoch: str
     last_seq: int
+    state: str = "scheduled"
     clients: dict[str, Client] = field(default_factory=dict)
     buffer: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=BUFFER_EVENTS))
     sizes: deque[int] = field(default_factory=lambda: deque(maxlen=BUFFER_EVENTS))  # encoded bytes
@@ -76,6 +78,8 @@ class Room:
                 return self.last_seq + 1, seq - 1
             self.buffer.append(event)
             self.sizes.append(encoded_size(event))
+            if event["type"] == "session.state":
+                self.state = str(event["data"]["state"])
             self.last_seq = seq
             if self.waiting_since is None:
                 self.waiting_since = time.monotonic()
@@ -97,6 +101,10 @@ class Room:
             end += 1
         return [self.buffer[i] for i in range(start, end)]
 
+    def attendees(self) -> list[str]:
+        """Representatives connected here, whose attendance this node vouches for."""
+        return sorted({c.who.rep for c in self.clients.values() if c.attends})
+
     def online(self) -> int:
         """Distinct representatives connected to this room on this node."""
         return len({c.who.rep for c in self.clients.values()})
@@ -110,10 +118,10 @@ class Rooms:
     def get(self, session_id: str) -> Room | None:
         return self.by_session.get(session_id)
 
-    def join(self, client: Client, *, epoch: str, last_seq: int) -> Room:
+    def join(self, client: Client, *, epoch: str, last_seq: int, state: str = "scheduled") -> Room:
         room = self.by_session.get(client.session_id)
         if room is None:
-            room = Room(client.session_id, epoch, last_seq)
+            room = Room(client.session_id, epoch, last_seq, state)
             self.by_session[client.session_id] = room
         room.clients[client.sid] = client
         self.by_sid[client.sid] = client

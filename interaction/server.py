@@ -31,8 +31,8 @@ from interaction.fanout import Fanout
 from interaction.presence import Presence
 from interaction.ratelimit import TokenBucket
 from interaction.rooms import Client, Room, Rooms, split_by_size
+from recorder import attendance, sessions
 from recorder import events as ledger_events
-from recorder import sessions
 from recorder.errors import SessionNotFound
 
 log = logging.getLogger("tribune.live")
@@ -168,13 +168,21 @@ class Live:
         app[keys.HEALTH].extra["pubsub"] = self.bus.problem
         self.fanout.start()
         self._spawn(self._catch_up_loop())
+        self._spawn(self._attendance_loop())
         self._spawn(self.presence.run(self._expire_tokens))
 
-    async def stop(self) -> None:
-        self.app[keys.HEALTH].extra.pop("pubsub", None)
+    async def disconnect_all(self, app: web.Application | None = None) -> None:
+        """On shutdown, before aiohttp waits for open connections: tell every client, then
+        close the sockets (they reconnect to another node and resume from their seq)."""
         for sid in list(self.rooms.by_sid):
             with contextlib.suppress(Exception):
                 await self.sio.disconnect(sid)
+        await asyncio.sleep(0.1)  # let the DISCONNECT packets go out
+        self.fanout.abort_all()
+
+    async def stop(self) -> None:
+        self.app[keys.HEALTH].extra.pop("pubsub", None)
+        await self.disconnect_all()
         for task in list(self._tasks) + list(self._fills.values()):
             task.cancel()
         for task in list(self._tasks) + list(self._fills.values()):
@@ -182,6 +190,10 @@ class Live:
                 await task
         await self.fanout.stop()
         await self.bus.stop()
+        try:
+            await attendance.close_owned(self.pool, self.settings.node_id)
+        except (*UNAVAILABLE, asyncpg.PostgresError) as exc:  # the leases expire instead
+            log.warning("closing attendance at shutdown failed: %r", exc)
 
     def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)
@@ -220,6 +232,7 @@ class Live:
             tier=session["your_tier"],
             session_id=session["id"],
             staff=who.has(Role.MODERATOR, Role.HOST, Role.ADMIN),
+            attends=who.has(Role.REPRESENTATIVE),
         )
         self._pending[sid] = (client, payload.since, session)
 
@@ -249,7 +262,9 @@ class Live:
                     "seq": session["seq"],
                 },
             )
-            room = self.rooms.join(client, epoch=session["epoch"], last_seq=session["seq"])
+            room = self.rooms.join(
+                client, epoch=session["epoch"], last_seq=session["seq"], state=session["state"]
+            )
             if since is not None and since.epoch == session["epoch"] and since.seq <= session["seq"]:
                 client.last_seq = await self._send_replay(client, room, since.seq)
             else:
@@ -261,6 +276,8 @@ class Live:
             # Ready before the queue is read: an update racing the read arrives after the full
             # list and is applied to it; one before the read is in it.
             client.ready = True
+            if client.attends and room.state == "live":
+                await self._attend(room, [client.who.rep])
             if client.staff:
                 queue = await comments.pending(self.pool, client.session_id)
                 self.fanout.send(client, "queue", {"full": True, "pending": queue})
@@ -307,8 +324,46 @@ class Live:
     async def on_disconnect(self, sid: str, reason: Any = None) -> None:
         self._pending.pop(sid, None)
         client = self.rooms.leave(sid)
-        if client is not None and self.rooms.get(client.session_id) is None:
+        if client is None:
+            return
+        room = self.rooms.get(client.session_id)
+        if client.attends and (room is None or client.who.rep not in room.attendees()):
+            try:
+                await attendance.release(self.pool, client.session_id, [client.who.rep])
+            except UNAVAILABLE as exc:  # the lease runs out on its own
+                log.warning("releasing attendance of %s failed: %r", client.who.rep, exc)
+        if room is None:
             await self.presence.forget(client.session_id)
+
+    async def _attend(self, room: Room, reps: list[str]) -> None:
+        if not reps:
+            return
+        try:
+            await attendance.touch(
+                self.pool,
+                room.session_id,
+                reps,
+                node=self.settings.node_id,
+                lease=self.settings.attendance_lease,
+                grace=self.settings.attendance_grace,
+            )
+        except (*UNAVAILABLE, asyncpg.PostgresError) as exc:  # renewed on the next round
+            log.warning("attendance in %s not recorded this round: %r", room.session_id, exc)
+
+    async def _attendance_loop(self) -> None:
+        """Renew the leases of everyone connected here, a few times per lease; close
+        intervals nobody renewed."""
+        while True:
+            await asyncio.sleep(self.settings.attendance_lease / 3)
+            try:
+                for room in list(self.rooms.by_session.values()):
+                    if room.state == "live":
+                        await self._attend(room, room.attendees())
+                await attendance.sweep(self.pool, grace=self.settings.attendance_grace)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("attendance round failed")
 
     # --- client events ---------------------------------------------------------------
 
@@ -446,8 +501,13 @@ class Live:
 
     def _feed(self, session_id: str, wire: list[dict[str, Any]]) -> None:
         room = self.rooms.get(session_id)
-        if room is not None and room.accept(wire) is not None:
+        if room is None:
+            return
+        was = room.state
+        if room.accept(wire) is not None:
             self._fill(room)
+        if room.state == "live" and was != "live":
+            self._spawn(self._attend(room, room.attendees()))
 
     def _fill(self, room: Room) -> None:
         """Fetch what the room missed from the ledger (one fetch per room at a time)."""
@@ -552,4 +612,5 @@ def attach(app: web.Application) -> Live:
             await live.stop()
 
     app.cleanup_ctx.append(live_ctx)
+    app.on_shutdown.append(live.disconnect_all)
     return live

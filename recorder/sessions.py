@@ -13,7 +13,7 @@ from msgspec import Meta
 
 from config.auth import Principal, Role
 from config.text import clean_text
-from recorder import events
+from recorder import attendance, events
 from recorder.errors import InvalidInput, SessionConflict, SessionNotFound
 
 Kind = Literal[
@@ -218,6 +218,8 @@ async def change_state(
         await conn.execute(
             f"UPDATE sessions SET state = $2, {stamp} = now() WHERE id = $1", session_id, new_state
         )
+        if new_state == "ended":
+            await attendance.close_session(conn, session_id)
         (event,) = await events.append(
             conn, session_id, [events.NewEvent("session.state", {"state": new_state}, principal.rep)]
         )
