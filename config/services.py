@@ -112,7 +112,7 @@ class EmbeddedValkey:
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir.resolve()
         self.password = secrets.token_urlsafe(24)
-        self.port = _free_port()
+        self.port = free_port()
         # One server object for the whole lifetime: ValkeyServer stops "its" server from
         # __del__ by reading the shared pidfile, so a discarded object would stop a new one.
         self._server: Any = None
@@ -159,7 +159,8 @@ class EmbeddedValkey:
             self._server.stop()
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A loopback TCP port nobody listens on right now (the OS picks it)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])

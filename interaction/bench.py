@@ -17,7 +17,6 @@ import resource
 import secrets
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,18 +31,12 @@ import psutil
 import socketio
 
 from config.auth import Role, mint_token
-from config.services import EmbeddedServices
+from config.services import EmbeddedServices, free_port
 from config.settings import Settings
-from interaction.loadgen import Tally, ViewerProtocol, connect_viewers
+from interaction.loadgen import Tally, ViewerProtocol, close_client, connect_viewers
 from recorder.migrate import migrate
 
 SESSION = "bench"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _raise_fd_limit() -> None:
@@ -182,13 +175,6 @@ async def _fanout_delay(urls: list[str]) -> dict[str, float | None]:
     return {"p50_at_most": upper_for(0.5), "p99_at_most": upper_for(0.99)}
 
 
-async def _close_client(client: socketio.AsyncClient) -> None:
-    await client.disconnect()
-    http = getattr(client.eio, "http", None)
-    if http is not None and not http.closed:
-        await http.close()
-
-
 async def _drain(viewers: list[ViewerProtocol], final_seq: int, seconds: float) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -230,7 +216,7 @@ async def run_tribune(
         settings = Settings(jwt_secret=secret)
         urls = []
         for k in range(nodes):
-            port = _free_port()
+            port = free_port()
             env = {
                 **{k2: v for k2, v in os.environ.items() if not k2.startswith("TRIBUNE_")},
                 "TRIBUNE_DATABASE_URL": database_url,
@@ -295,7 +281,7 @@ async def run_tribune(
         report["load_generator_cpu_s"] = round(_cpu([os.getpid()]) - own0, 2)
         report["node_fanout_delay_ms"] = await _fanout_delay(urls)
         for client in (writer, moderator):
-            await _close_client(client)
+            await close_client(client)
         for viewer in viewers:
             viewer._close()
         await conn.close()
@@ -321,7 +307,7 @@ async def run_baseline(
     progress: Callable[[str, int, int], None],
 ) -> dict[str, Any]:
     _pin_self()
-    port = _free_port()
+    port = free_port()
     proc = _spawn(
         [sys.executable, "-m", "interaction.baseline", str(port)], dict(os.environ), root / "baseline.log"
     )
@@ -368,7 +354,7 @@ async def run_baseline(
         )
         report["load_generator_cpu_s"] = round(_cpu([os.getpid()]) - own0, 2)
         with contextlib.suppress(Exception):
-            await _close_client(publisher)
+            await close_client(publisher)
         for viewer in viewers:
             viewer._close()
         return report

@@ -238,3 +238,12 @@ async def connect_viewers(
 
     await asyncio.gather(*(one(i, auth) for i, auth in enumerate(auths)))
     return viewers
+
+
+async def close_client(client: Any) -> None:
+    """Disconnect a python-socketio client and close the HTTP session Engine.IO keeps even
+    after a refused connect (otherwise it is reported unclosed at exit)."""
+    await client.disconnect()
+    http = getattr(client.eio, "http", None)
+    if http is not None and not http.closed:
+        await http.close()

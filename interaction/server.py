@@ -399,13 +399,21 @@ class Live:
         # Cheap refusals first, so a malformed attempt does not spend a rate-limit token.
         comments.check_tier(client.tier)
         comments.check_text(message.text, self.settings.comment_max_chars)
+        # One round trip: the session's state and whether this key was already sent (a retry
+        # returns the first result without spending a rate-limit token).
         head = await self.pool.fetchrow(
-            "SELECT state, moderation FROM sessions WHERE id = $1", client.session_id
+            """SELECT state, moderation,
+                      EXISTS (SELECT 1 FROM comments
+                               WHERE session_id = $1 AND rep_id = $2 AND client_key = $3) AS repeated
+                 FROM sessions WHERE id = $1""",
+            client.session_id,
+            client.who.rep,
+            message.key,
         )
         if head is None:
             raise SessionNotFound(f"session {client.session_id!r} no longer exists")
         info = comments.SessionInfo(client.session_id, head["state"], head["moderation"])
-        if not await self._is_repeat(client, message.key):
+        if not head["repeated"]:
             wait = await self._rate_limit(client)
             if wait > 0:
                 raise SlowDown(wait)
@@ -421,15 +429,6 @@ class Live:
         )
         await self._publish(client.session_id, outcome)
         return outcome.ack
-
-    async def _is_repeat(self, client: Client, key: str) -> bool:
-        found = await self.pool.fetchval(
-            "SELECT 1 FROM comments WHERE session_id = $1 AND rep_id = $2 AND client_key = $3",
-            client.session_id,
-            client.who.rep,
-            key,
-        )
-        return found is not None
 
     async def _rate_limit(self, client: Client) -> float:
         key = f"{client.session_id}:{client.who.rep}"

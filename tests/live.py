@@ -8,6 +8,8 @@ from typing import Any
 
 import socketio
 
+from interaction.loadgen import close_client
+
 
 class Viewer:
     """Connects like a page does and records what it is sent; checks the seq order."""
@@ -89,11 +91,3 @@ class Viewer:
 
     async def close(self) -> None:
         await close_client(self.sio)
-
-
-async def close_client(sio: socketio.AsyncClient) -> None:
-    """Disconnect, and close the HTTP session Engine.IO keeps even after a refused connect."""
-    await sio.disconnect()
-    http = getattr(sio.eio, "http", None)
-    if http is not None and not http.closed:
-        await http.close()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from config.cli.demo import DEMO_REPS, DEMO_SESSION, seed
-from tests.conftest import free_port
+from config.services import free_port
 from tests.test_node import TRIBUNE, clean_env, http
 
 

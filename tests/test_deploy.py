@@ -17,8 +17,8 @@ import yaml
 from aiohttp.test_utils import TestServer
 
 from config.app import create_app
+from config.services import free_port
 from config.settings import Settings
-from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 NGINX_CONF = ROOT / "deploy" / "nginx.conf"

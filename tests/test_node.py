@@ -19,8 +19,8 @@ import psutil
 import pytest
 
 from config.auth import Role, mint_token
+from config.services import free_port
 from config.settings import Settings
-from tests.conftest import free_port
 
 TRIBUNE = str(Path(sys.executable).with_name("tribune"))
 pytestmark = pytest.mark.slow
