@@ -71,14 +71,41 @@ async def test_one_vote_per_representative_per_question(db: asyncpg.Pool) -> Non
     option = await db.fetchval(
         "INSERT INTO poll_options (question_id, position, label) VALUES ($1, 0, 'yes') RETURNING id", question
     )
-    vote = (
-        "INSERT INTO votes (poll_id, question_id, rep_id, option_ids, client_key) VALUES ($1, $2, $3, $4, $5)"
-    )
-    await db.execute(vote, poll, question, "R1", [option], "k1")
+    ballot = "INSERT INTO ballots (poll_id, question_id, rep_id, client_key) VALUES ($1, $2, $3, $4)"
+    await db.execute(ballot, poll, question, "R1", "k1")
     with pytest.raises(asyncpg.UniqueViolationError):
-        await db.execute(vote, poll, question, "R1", [option], "k2")
-    await db.execute(vote, poll, question, "R2", [option], "k1")
-    assert await db.fetchval("SELECT count(*) FROM votes") == 2
+        await db.execute(ballot, poll, question, "R1", "k2")
+    await db.execute(ballot, poll, question, "R2", "k1")
+    assert await db.fetchval("SELECT count(*) FROM ballots") == 2
+    with pytest.raises(asyncpg.CheckViolationError, match="append-only"):
+        await db.execute("DELETE FROM ballots WHERE rep_id = 'R1'")
+    # A vote needs its ballot.
+    with pytest.raises(asyncpg.ForeignKeyViolationError):
+        await db.execute(
+            "INSERT INTO votes (question_id, rep_id, poll_id, option_ids) VALUES ($1, 'R3', $2, $3)",
+            question,
+            poll,
+            [option],
+        )
+
+
+async def test_poll_definition_is_fixed_once_open(db: asyncpg.Pool) -> None:
+    sid = await make_session(db)
+    poll = await db.fetchval(
+        "INSERT INTO polls (session_id, kind, title, created_by) VALUES ($1, 'single', 'Q', 'h') "
+        "RETURNING id",
+        sid,
+    )
+    question = await db.fetchval(
+        "INSERT INTO poll_questions (poll_id, position, text) VALUES ($1, 0, 'Which?') RETURNING id", poll
+    )
+    await db.execute("UPDATE polls SET state = 'open' WHERE id = $1", poll)
+    with pytest.raises(asyncpg.CheckViolationError, match="fixed"):
+        await db.execute(
+            "INSERT INTO poll_options (question_id, position, label) VALUES ($1, 0, 'A')", question
+        )
+    with pytest.raises(asyncpg.CheckViolationError, match="cannot go from open to published"):
+        await db.execute("UPDATE polls SET state = 'published' WHERE id = $1", poll)
 
 
 async def test_attendance_intervals_never_overlap(db: asyncpg.Pool) -> None:
