@@ -59,6 +59,12 @@ class Metrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
             registry=self.registry,
         )
+        self.vote_batch = Histogram(
+            "tribune_vote_batch_size",
+            "Votes written per group commit",
+            buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2000),
+            registry=self.registry,
+        )
         self.live_clients = Gauge(
             "tribune_live_clients", "Socket.IO clients connected to this node", registry=self.registry
         )

@@ -74,6 +74,9 @@ class Settings:
     client_buffer_bytes: int = 1024 * 1024
     replay_limit: int = 2000
 
+    tally_interval: float = 0.25
+    vote_batch_max: int = 2000
+
     attendance_lease: float = 30.0
     attendance_grace: float = 60.0
 
@@ -243,6 +246,10 @@ def _validated(s: Settings) -> Settings:
         fail("client_buffer_bytes", "must be at least 64 KB")
     if not 1 <= s.attendance_lease <= 3600 or not 0 <= s.attendance_grace <= 3600:
         fail("attendance_lease", "need 1 <= attendance_lease <= 3600 and 0 <= attendance_grace <= 3600")
+    if not 0.25 <= s.tally_interval <= 60:
+        fail("tally_interval", "must be 0.25..60 seconds (live tallies go out at most 4 times a second)")
+    if not 1 <= s.vote_batch_max <= 10_000:
+        fail("vote_batch_max", "must be 1..10000 (1 writes each vote in its own transaction)")
     if not 10 <= s.replay_limit <= 100_000:
         fail("replay_limit", "must be 10..100000")
     if s.max_upload_bytes < 1024:

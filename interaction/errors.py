@@ -32,3 +32,19 @@ class SlowDown(InteractionError, RateLimited):
             details={"retry_after": round(retry_after, 1)},
         )
         self.retry_after = retry_after
+
+
+class PollNotFound(InteractionError, NotFound):
+    pass
+
+
+class PollConflict(InteractionError, Conflict):
+    """The poll's state does not allow this (e.g. editing an open poll)."""
+
+
+class PollClosed(InteractionError, Conflict):
+    code = "poll_closed"
+
+
+class AlreadyVoted(InteractionError, Conflict):
+    code = "already_voted"

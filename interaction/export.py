@@ -1,14 +1,16 @@
-"""A session's comments as CSV or XLSX, for the staff who follow them up."""
+"""Tables as CSV (UTF-8 with BOM, for Excel) or XLSX: a session's comments for the staff who
+follow them up, a poll's results."""
 
 from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Sequence
 from zoneinfo import ZoneInfo
 
 from interaction.comments import ExportRow
 
-HEADER = (
+COMMENT_HEADER = (
     "时间 Time",
     "代表编号 Rep",
     "姓名 Name",
@@ -22,12 +24,17 @@ HEADER = (
 LOCAL = ZoneInfo("Asia/Shanghai")
 
 
-def _safe(value: str) -> str:
+Cell = str | int | float | None
+
+
+def _safe(value: Cell) -> Cell:
     # A cell starting with = + - @ is a formula to Excel: text stays text.
-    return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
 
 
-def _cells(row: ExportRow) -> list[str]:
+def comment_cells(row: ExportRow) -> list[Cell]:
     return [
         row.at.astimezone(LOCAL).strftime("%Y-%m-%d %H:%M:%S"),
         row.rep,
@@ -41,23 +48,27 @@ def _cells(row: ExportRow) -> list[str]:
     ]
 
 
-def to_csv(rows: list[ExportRow]) -> bytes:
+def to_csv(header: Sequence[str], rows: Sequence[Sequence[Cell]]) -> bytes:
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(HEADER)
+    writer.writerow(header)
     for row in rows:
-        writer.writerow([_safe(c) for c in _cells(row)])
+        writer.writerow([_safe(c) for c in row])
     return out.getvalue().encode("utf-8-sig")  # the BOM makes Excel read UTF-8
 
 
-def to_xlsx(rows: list[ExportRow]) -> bytes:
+def to_xlsx(sheet_name: str, header: Sequence[str], rows: Sequence[Sequence[Cell]]) -> bytes:
     from openpyxl import Workbook
 
     book = Workbook(write_only=True)
-    sheet = book.create_sheet("留言 Comments")
-    sheet.append(list(HEADER))
+    sheet = book.create_sheet(sheet_name)
+    sheet.append(list(header))
     for row in rows:
-        sheet.append([_safe(c) for c in _cells(row)])
+        sheet.append([_safe(c) for c in row])
     out = io.BytesIO()
     book.save(out)
     return out.getvalue()
+
+
+CSV_TYPE = "text/csv; charset=utf-8"
+XLSX_TYPE = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"

@@ -66,6 +66,8 @@ class Room:
     buffer: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=BUFFER_EVENTS))
     sizes: deque[int] = field(default_factory=lambda: deque(maxlen=BUFFER_EVENTS))  # encoded bytes
     waiting_since: float | None = None  # when the oldest event not yet flushed arrived
+    open_polls: dict[int, bool] = field(default_factory=dict)  # poll id → live results
+    polls_loaded: bool = False
 
     def accept(self, events: Iterable[dict[str, Any]]) -> tuple[int, int] | None:
         """Append events in seq order. Returns the missing range (first, last) when the
@@ -80,6 +82,11 @@ class Room:
             self.sizes.append(encoded_size(event))
             if event["type"] == "session.state":
                 self.state = str(event["data"]["state"])
+            elif event["type"] == "poll.opened":
+                poll = event["data"]["poll"]
+                self.open_polls[int(poll["id"])] = bool(poll["live_results"])
+            elif event["type"] == "poll.closed":
+                self.open_polls.pop(int(event["data"]["poll"]), None)
             self.last_seq = seq
             if self.waiting_since is None:
                 self.waiting_since = time.monotonic()

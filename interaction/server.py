@@ -24,13 +24,14 @@ from config import keys
 from config.auth import AuthError, Role
 from config.errors import TribuneError
 from config.web import UNAVAILABLE
-from interaction import comments, words
+from interaction import ballots, comments, polls, words
 from interaction.bus import Bus
-from interaction.errors import InvalidMessage, NotPermitted, SlowDown
+from interaction.errors import InvalidMessage, NotPermitted, PollClosed, SlowDown
 from interaction.fanout import Fanout
 from interaction.presence import Presence
 from interaction.ratelimit import TokenBucket
 from interaction.rooms import Client, Room, Rooms, split_by_size
+from interaction.tallies import Tallies
 from recorder import attendance, sessions
 from recorder import events as ledger_events
 from recorder.errors import SessionNotFound
@@ -64,6 +65,20 @@ class Moderate(msgspec.Struct, forbid_unknown_fields=True):
 
 class Resync(msgspec.Struct, forbid_unknown_fields=True):
     since: Since
+
+
+class PollRef(msgspec.Struct, forbid_unknown_fields=True):
+    poll: Annotated[int, msgspec.Meta(ge=1)]
+
+
+class PollState(msgspec.Struct, forbid_unknown_fields=True):
+    poll: Annotated[int, msgspec.Meta(ge=1)]
+    state: Annotated[str, msgspec.Meta(max_length=16)]
+
+
+class PollOnsite(msgspec.Struct, forbid_unknown_fields=True):
+    poll: Annotated[int, msgspec.Meta(ge=1)]
+    counts: dict[str, dict[str, Annotated[int, msgspec.Meta(ge=0, le=10_000_000)]]]
 
 
 def refuse(code: str, message: str) -> socketio.exceptions.ConnectionRefusedError:
@@ -130,6 +145,7 @@ class Live:
             on_deliver=self.metrics.deliveries.inc,
             on_flush=self._flushed,
         )
+        self.polls: dict[int, polls.Poll] = {}  # definitions (fixed once open), by id
         self._pending: dict[str, tuple[Client, Since | None, dict[str, Any]]] = {}
         self._fills: dict[str, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -158,15 +174,29 @@ class Live:
             redis, settings.redis_prefix, capacity=settings.comment_burst, interval=settings.comment_interval
         )
         self.presence = Presence(redis, self.rooms, self.fanout, settings)
+        self.ballots = ballots.BallotBox(
+            self.pool, max_batch=settings.vote_batch_max, on_batch=self.metrics.vote_batch.observe
+        )
+        self.tallies = Tallies(
+            redis,
+            self.pool,
+            self.rooms,
+            self.fanout,
+            prefix=settings.redis_prefix,
+            interval=settings.tally_interval,
+        )
         self.words = await words.load(self.pool)
         self.bus.on("ev", self._on_bus_events)
         self.bus.on("q", self._on_bus_queue)
         self.bus.on("words", self._on_bus_words)
+        self.bus.on("nudge", self._on_bus_nudge)
         self.bus.on_resubscribed(self._catch_up)
         self.bus.on_resubscribed(self._refresh_queues)
         await self.bus.start()
         app[keys.HEALTH].extra["pubsub"] = self.bus.problem
         self.fanout.start()
+        self.ballots.start()
+        self._spawn(self.tallies.run())
         self._spawn(self._catch_up_loop())
         self._spawn(self._attendance_loop())
         self._spawn(self.presence.run(self._expire_tokens))
@@ -188,6 +218,7 @@ class Live:
         for task in list(self._tasks) + list(self._fills.values()):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.ballots.stop()
         await self.fanout.stop()
         await self.bus.stop()
         try:
@@ -209,6 +240,11 @@ class Live:
         self.sio.on("comment.send", self._handler(self.comment_send))
         self.sio.on("moderate", self._handler(self.moderate))
         self.sio.on("resync", self._handler(self.resync))
+        self.sio.on("vote.cast", self._handler(self.vote_cast))
+        self.sio.on("poll.state", self._handler(self.poll_state))
+        self.sio.on("poll.onsite", self._handler(self.poll_onsite))
+        self.sio.on("poll.missing", self._handler(self.poll_missing))
+        self.sio.on("poll.nudge", self._handler(self.poll_nudge))
         self.sio.on("*", self.on_unknown)
 
     async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any) -> None:
@@ -269,10 +305,20 @@ class Live:
                 client.last_seq = await self._send_replay(client, room, since.seq)
             else:
                 snap = await comments.snapshot(self.pool, client.session_id)
+                snap["polls"] = await polls.snapshot(
+                    self.pool, client.session_id, client.who.rep, staff=client.staff
+                )
                 self.fanout.send(client, "snapshot", snap)
                 client.last_seq = int(snap["seq"])
             if sid not in self.rooms.by_sid:
                 return
+            if not room.polls_loaded:
+                room.polls_loaded = True
+                for row in await self.pool.fetch(
+                    "SELECT id, live_results FROM polls WHERE session_id = $1 AND state = 'open'",
+                    room.session_id,
+                ):
+                    room.open_polls.setdefault(row["id"], row["live_results"])
             # Ready before the queue is read: an update racing the read arrives after the full
             # list and is applied to it; one before the read is in it.
             client.ready = True
@@ -473,6 +519,106 @@ class Live:
         )
         return {"events": [e.wire() for e in rows], "more": len(rows) == self.settings.replay_limit}
 
+    # --- polls -----------------------------------------------------------------------------
+
+    async def poll(self, poll_id: int) -> polls.Poll:
+        """A poll's definition from this node's cache (fixed once open), else the ledger."""
+        cached = self.polls.get(poll_id)
+        if cached is not None:
+            return cached
+        poll = await polls.load(self.pool, poll_id)
+        if poll.state != "draft":
+            self.polls[poll_id] = poll
+        return poll
+
+    async def vote_cast(self, client: Client, data: Any) -> dict[str, Any]:
+        message = msgspec.convert(data, ballots.VoteCast)
+        try:
+            if not client.attends:
+                raise NotPermitted("only representatives vote")
+            poll = await self.poll(message.poll)
+            cast = ballots.check(
+                poll, message, rep=client.who.rep, session_id=client.session_id, tier=client.tier
+            )
+        except NotPermitted:
+            await self._audit(client, "vote.refused", data)
+            raise
+        try:
+            result = await self.ballots.cast(cast)
+        except PollClosed:
+            self.polls.pop(poll.id, None)  # read the state again next time
+            raise
+        if result.delta:
+            self.tallies.add(poll.id, result.delta)
+        return ballots.ack(result)
+
+    def _require_host(self, client: Client, action: str) -> None:
+        if not client.who.has(Role.HOST, Role.ADMIN):
+            raise NotPermitted(f"{action} needs the host or admin role")
+
+    async def _own_poll(self, client: Client, poll_id: int) -> polls.Poll:
+        poll = await polls.load(self.pool, poll_id)
+        if poll.session_id != client.session_id:
+            raise NotPermitted(f"poll {poll_id} belongs to another session")
+        return poll
+
+    async def poll_state(self, client: Client, data: Any) -> dict[str, Any]:
+        self._require_host(client, "opening, closing or publishing a poll")
+        message = msgspec.convert(data, PollState)
+        await self._own_poll(client, message.poll)
+        done = await self.change_poll(message.poll, message.state, client.who)
+        return {"poll": done.poll.view(), "results": done.results}
+
+    async def change_poll(self, poll_id: int, to: str, who: Any) -> polls.Transition:
+        """A poll's next state, told to every node; at close the live tallies are checked
+        against the ledger's count."""
+        done = await polls.transition(self.pool, poll_id, to, who)
+        self.polls[poll_id] = done.poll
+        await self._publish(done.poll.session_id, comments.Outcome(ack={}, events=done.events))
+        if to == "closed" and done.results is not None:
+            await self.tallies.check(done.poll, done.results)
+        return done
+
+    async def poll_onsite(self, client: Client, data: Any) -> dict[str, Any]:
+        self._require_host(client, "entering on-site counts")
+        message = msgspec.convert(data, PollOnsite)
+        await self._own_poll(client, message.poll)
+        await polls.set_onsite(self.pool, message.poll, polls.OnsiteCounts(message.counts), client.who)
+        return {}
+
+    async def poll_missing(self, client: Client, data: Any) -> dict[str, Any]:
+        self._require_host(client, "seeing who has not voted")
+        poll = await self._own_poll(client, msgspec.convert(data, PollRef).poll)
+        return {"missing": await polls.missing_voters(self.pool, poll)}
+
+    async def poll_nudge(self, client: Client, data: Any) -> dict[str, Any]:
+        self._require_host(client, "reminding representatives to vote")
+        poll = await self._own_poll(client, msgspec.convert(data, PollRef).poll)
+        return {"nudged": await self.nudge(poll)}
+
+    async def nudge(self, poll: polls.Poll) -> int:
+        """Remind everyone present and eligible who has not voted (on whichever node)."""
+        if poll.state != "open":
+            raise PollClosed(f"poll {poll.id} is not open")
+        reps = [m["rep"] for m in await polls.missing_voters(self.pool, poll)]
+        if reps:
+            self._nudge_local(poll.session_id, poll.id, poll.title, reps)
+            await self.bus.publish("nudge", s=poll.session_id, p=poll.id, t=poll.title, r=reps)
+        return len(reps)
+
+    def _nudge_local(self, session_id: str, poll_id: int, title: str, reps: list[str]) -> None:
+        room = self.rooms.get(session_id)
+        if room is None:
+            return
+        wanted = set(reps)
+        for c in list(room.clients.values()):
+            if c.ready and c.who.rep in wanted:
+                self.fanout.send(c, "nudge", {"poll": poll_id, "title": title})
+
+    def _on_bus_nudge(self, message: dict[str, Any]) -> None:
+        if message.get("n") != self.settings.node_id:
+            self._nudge_local(str(message["s"]), int(message["p"]), str(message["t"]), list(message["r"]))
+
     async def _audit(self, client: Client, action: str, data: Any) -> None:
         with contextlib.suppress(Exception):
             await self.pool.execute(
@@ -499,6 +645,9 @@ class Live:
             await self.bus.publish("q", s=session_id, a=outcome.queue_added, r=outcome.queue_removed)
 
     def _feed(self, session_id: str, wire: list[dict[str, Any]]) -> None:
+        for event in wire:
+            if event["type"] in POLL_STATES and (cached := self.polls.get(int(_poll_id(event)))) is not None:
+                cached.state = POLL_STATES[event["type"]]
         room = self.rooms.get(session_id)
         if room is None:
             return
@@ -592,6 +741,14 @@ class Live:
                     await self.sio.disconnect(client.sid)
                 except Exception:
                     log.exception("disconnecting %s (token expired) failed", client.sid)
+
+
+POLL_STATES = {"poll.opened": "open", "poll.closed": "closed", "poll.results": "published"}
+
+
+def _poll_id(event: dict[str, Any]) -> int:
+    poll = event["data"]["poll"]
+    return int(poll["id"] if isinstance(poll, dict) else poll)
 
 
 LIVE: web.AppKey[Live] = web.AppKey("live")

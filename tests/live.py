@@ -24,6 +24,8 @@ class Viewer:
         self.events: list[dict[str, Any]] = []
         self.queue: list[dict[str, Any]] = []
         self.presence: list[int] = []
+        self.tallies: list[dict[str, Any]] = []
+        self.nudges: list[dict[str, Any]] = []
         self.refused: Any = None
         self.epoch = ""
         self.seq = 0
@@ -59,6 +61,14 @@ class Viewer:
         @self.sio.on("presence")
         def on_presence(data: dict[str, Any]) -> None:
             self.presence.append(data["online"])
+
+        @self.sio.on("tally")
+        def on_tally(data: dict[str, Any]) -> None:
+            self.tallies.append(data)
+
+        @self.sio.on("nudge")
+        def on_nudge(data: dict[str, Any]) -> None:
+            self.nudges.append(data)
 
         @self.sio.on("connect_error")
         def on_refused(data: Any) -> None:

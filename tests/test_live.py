@@ -96,7 +96,13 @@ async def test_hello_snapshot_and_published_comments(client, auth, db, viewers) 
     assert alice.hello is not None
     assert alice.hello["you"] == {"rep": "R1", "name": "王伟", "roles": ["representative"], "tier": "voting"}
     assert alice.hello["session"] == SESSION and alice.hello["seq"] == 1
-    assert alice.snapshot == {"epoch": alice.hello["epoch"], "seq": 1, "comments": [], "pinned": []}
+    assert alice.snapshot == {
+        "epoch": alice.hello["epoch"],
+        "seq": 1,
+        "comments": [],
+        "pinned": [],
+        "polls": [],
+    }
 
     ack = await alice.call("comment.send", {"text": "  请问<b>营商环境</b>\u202e如何改善？ ", "key": "k1"})
     assert ack["ok"] is True and ack["comment"]["status"] == "published"

@@ -1,0 +1,170 @@
+"""Live poll tallies: counters in Redis, derived from committed votes and rebuildable from
+the ledger. A node adds what its own casts changed and, at most `interval` apart, sends each
+room's open polls to hosts and moderators (and to everyone for live-results polls) when the
+counts moved — never per vote.
+
+Hash `{prefix}tally:{poll}`: field `q:o` counts option o of question q, field `q:0` the
+question's ballots, `_v` a version bumped on every change, `_base` set when the counters
+were last set from the ledger (a hash without it — Redis restarted — is rebuilt).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any
+
+import asyncpg
+from redis.asyncio import Redis
+
+from config.web import UNAVAILABLE
+from interaction import polls
+from interaction.fanout import Fanout
+from interaction.rooms import Rooms
+
+log = logging.getLogger("tribune.tallies")
+
+TTL = 7 * 24 * 3600
+
+
+def decode(raw: Mapping[bytes | str, bytes | str]) -> dict[str, dict[str, Any]]:
+    """{question: {"votes": n, "options": {option: n}}} from a tally hash; ids as strings, as
+    map keys must be for every msgpack client."""
+    out: dict[str, dict[str, Any]] = {}
+    for field, value in raw.items():
+        name = field.decode() if isinstance(field, bytes) else field
+        if name.startswith("_"):
+            continue
+        q, o = name.split(":")
+        entry = out.setdefault(q, {"votes": 0, "options": {}})
+        if o == "0":
+            entry["votes"] = int(value)
+        else:
+            entry["options"][o] = int(value)
+    return out
+
+
+class Tallies:
+    def __init__(
+        self, redis: Redis, pool: asyncpg.Pool, rooms: Rooms, fanout: Fanout, *, prefix: str, interval: float
+    ) -> None:
+        self._redis = redis
+        self._pool = pool
+        self._rooms = rooms
+        self._fanout = fanout
+        self._prefix = prefix
+        self._interval = interval
+        self._pending: dict[int, Counter[tuple[int, int]]] = {}
+        self._sent: dict[int, bytes | None] = {}  # poll → the version last sent from here
+
+    def key(self, poll_id: int) -> str:
+        return f"{self._prefix}tally:{poll_id}"
+
+    def add(self, poll_id: int, delta: Mapping[tuple[int, int], int]) -> None:
+        """Count a committed cast (flushed to Redis on the next tick)."""
+        self._pending.setdefault(poll_id, Counter()).update(delta)
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                await self.tick()
+            except asyncio.CancelledError:
+                raise
+            except UNAVAILABLE as exc:
+                log.warning("tallies not updated this round: %r", exc)
+            except Exception:
+                log.exception("tally round failed")
+
+    async def tick(self) -> None:
+        pending, self._pending = self._pending, {}
+        watched = {
+            poll_id: (room, live)
+            for room in self._rooms.by_session.values()
+            for poll_id, live in room.open_polls.items()
+        }
+        if not pending and not watched:
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for poll_id, delta in pending.items():
+                key = self.key(poll_id)
+                for (q, o), n in delta.items():
+                    if n:
+                        pipe.hincrby(key, f"{q}:{o}", n)
+                pipe.hincrby(key, "_v", 1)
+                pipe.expire(key, TTL)
+            for poll_id in watched:
+                pipe.hgetall(self.key(poll_id))
+            try:
+                replies = await pipe.execute()
+            except BaseException:
+                for poll_id, delta in pending.items():  # try again next round
+                    self._pending.setdefault(poll_id, Counter()).update(delta)
+                raise
+        for (poll_id, (room, live)), raw in zip(
+            watched.items(), replies[len(replies) - len(watched) :], strict=True
+        ):
+            version = raw.get(b"_v") or raw.get("_v")
+            if b"_base" not in raw and "_base" not in raw:
+                await self.rebuild(poll_id)
+                continue
+            if version == self._sent.get(poll_id):
+                continue
+            self._sent[poll_id] = version
+            self._fanout.broadcast(
+                room, "tally", {"poll": poll_id, "questions": decode(raw)}, staff_only=not live
+            )
+        for poll_id in list(self._sent):
+            if poll_id not in watched:
+                del self._sent[poll_id]
+
+    async def rebuild(self, poll_id: int) -> None:
+        """Counters lost (Redis restarted, or a poll opened before this node counted): set
+        them from the ledger."""
+        poll = await polls.load(self._pool, poll_id)
+        counts = await polls.online_counts(self._pool, poll)
+        ballots = await self._pool.fetch(
+            "SELECT question_id, count(*) AS n FROM ballots WHERE poll_id = $1 GROUP BY 1", poll_id
+        )
+        mapping: dict[Any, Any] = {f"{q}:0": 0 for q in poll.questions}
+        mapping.update({f"{r['question_id']}:0": int(r["n"]) for r in ballots})
+        for q, per_option in counts.items():
+            for o, n in per_option.items():
+                mapping[f"{q}:{o}"] = n
+        async with self._redis.pipeline(transaction=True) as pipe:
+            mapping["_base"] = 1
+            pipe.hset(self.key(poll_id), mapping=mapping)
+            pipe.hincrby(self.key(poll_id), "_v", 1)
+            pipe.expire(self.key(poll_id), TTL)
+            await pipe.execute()
+
+    async def check(self, poll: polls.Poll, results: dict[str, Any]) -> list[str]:
+        """At close: compare the counters with the ledger's final tally; log what disagrees
+        (the ledger wins) and return it."""
+        try:
+            raw = await self._redis.hgetall(self.key(poll.id))
+        except UNAVAILABLE as exc:
+            log.warning("tally check of poll %s skipped: %r", poll.id, exc)
+            return []
+        live = decode(raw)
+        wrong = []
+        for q in results["questions"]:
+            counted = live.get(str(q["id"]), {"votes": 0, "options": {}})
+            if counted["votes"] != q["votes"]["online"]:
+                wrong.append(
+                    f"question {q['id']}: {counted['votes']} ballots counted live, "
+                    f"{q['votes']['online']} in the ledger"
+                )
+            for o in q["options"]:
+                n = counted["options"].get(str(o["id"]), 0)
+                if n != o["online"]:
+                    wrong.append(f"option {o['id']}: {n} counted live, {o['online']} in the ledger")
+        if wrong:
+            log.warning(
+                "poll %s: live tallies disagreed with the ledger (the ledger wins): %s",
+                poll.id,
+                "; ".join(wrong),
+            )
+        return wrong
