@@ -76,6 +76,7 @@ class Settings:
 
     tally_interval: float = 0.25
     vote_batch_max: int = 2000
+    vote_linger: float = 0.05
 
     attendance_lease: float = 30.0
     attendance_grace: float = 60.0
@@ -250,6 +251,8 @@ def _validated(s: Settings) -> Settings:
         fail("tally_interval", "must be 0.25..60 seconds (live tallies go out at most 4 times a second)")
     if not 1 <= s.vote_batch_max <= 10_000:
         fail("vote_batch_max", "must be 1..10000 (1 writes each vote in its own transaction)")
+    if not 0 <= s.vote_linger <= 0.2:
+        fail("vote_linger", "must be 0..0.2 seconds")
     if not 10 <= s.replay_limit <= 100_000:
         fail("replay_limit", "must be 10..100000")
     if s.max_upload_bytes < 1024:

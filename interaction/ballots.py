@@ -85,10 +85,16 @@ class BallotBox:
     """Group commit of casts: one writer, many waiting casts per round trip."""
 
     def __init__(
-        self, pool: asyncpg.Pool, *, max_batch: int = 2000, on_batch: Callable[[int], None] | None = None
+        self,
+        pool: asyncpg.Pool,
+        *,
+        max_batch: int = 2000,
+        linger: float = 0.0,
+        on_batch: Callable[[int], None] | None = None,
     ):
         self.pool = pool
         self.max_batch = max_batch
+        self.linger = linger
         self.on_batch = on_batch
         self._queue: list[tuple[Cast, asyncio.Future[Result]]] = []
         self._wake = asyncio.Event()
@@ -122,6 +128,8 @@ class BallotBox:
         while True:
             await self._wake.wait()
             self._wake.clear()
+            if self.linger and len(self._queue) < self.max_batch:
+                await asyncio.sleep(self.linger)  # let a batch gather
             while self._queue:
                 batch, deferred = self._take()
                 self._queue[:0] = deferred  # back to the front, in order

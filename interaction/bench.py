@@ -39,7 +39,7 @@ from recorder.migrate import migrate
 SESSION = "bench"
 
 
-def _raise_fd_limit() -> None:
+def raise_fd_limit() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -53,31 +53,31 @@ def _pin(cpus: set[int]) -> Callable[[], None] | None:
 
     def pin() -> None:
         os.sched_setaffinity(0, cpus)
-        _raise_fd_limit()
+        raise_fd_limit()
 
     return pin
 
 
-def _spawn(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+def spawn_server(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     """A server process on CPU 0 (where there are two or more), its output in `log`."""
     with log.open("wb") as out:
         return subprocess.Popen(command, env=env, stdout=out, stderr=out, preexec_fn=_pin({0}))
 
 
-def _pin_self() -> None:
+def pin_self() -> None:
     pin = _pin(set(range(1, os.cpu_count() or 2)))
     if pin is not None:
         pin()
 
 
-def _percentiles(samples: list[float]) -> dict[str, float | None]:
+def percentiles(samples: list[float]) -> dict[str, float | None]:
     if not samples:
         return {"p50": None, "p95": None, "p99": None}
     q = statistics.quantiles(samples, n=100, method="inclusive") if len(samples) > 1 else samples * 99
     return {"p50": round(q[49] * 1000, 1), "p95": round(q[94] * 1000, 1), "p99": round(q[98] * 1000, 1)}
 
 
-def _cpu(pids: list[int]) -> float:
+def cpu_seconds(pids: list[int]) -> float:
     total = 0.0
     for pid in pids:
         with contextlib.suppress(psutil.Error):
@@ -86,7 +86,7 @@ def _cpu(pids: list[int]) -> float:
     return total
 
 
-async def _wait_http(url: str, seconds: float = 60) -> None:
+async def wait_http(url: str, seconds: float = 60) -> None:
     import aiohttp
 
     deadline = time.monotonic() + seconds
@@ -123,7 +123,7 @@ def _report(
         "deliveries": deliveries,
         "deliveries_per_s": round(deliveries / elapsed, 1) if elapsed else 0,
         "deliveries_per_cpu_s": round(deliveries / cpu, 1) if cpu else None,
-        "latency_ms": _percentiles(tally.latencies),
+        "latency_ms": percentiles(tally.latencies),
         "lost": tally.lost + missing,
         "duplicated": tally.duplicated,
         "out_of_order": tally.out_of_order,
@@ -196,7 +196,7 @@ async def run_tribune(
     services = EmbeddedServices(root / "services", postgres=True, redis=True)
     database_url, redis_url = await asyncio.to_thread(services.start)
     # The servers stay free to use any CPU; the nodes take CPU 0 and this generator the rest.
-    _pin_self()
+    pin_self()
     procs: list[subprocess.Popen[bytes]] = []
     try:
         conn = await asyncpg.connect(database_url)
@@ -229,10 +229,10 @@ async def run_tribune(
             }
             tribune = str(Path(sys.executable).with_name("tribune"))
             command = [tribune, "serve", "--port", str(port), "--data-dir", str(root / f"node-{k}")]
-            procs.append(_spawn(command, env, root / f"node-{k}.log"))
+            procs.append(spawn_server(command, env, root / f"node-{k}.log"))
             urls.append(f"http://127.0.0.1:{port}")
         for url in urls:
-            await _wait_http(url + "/readyz")
+            await wait_http(url + "/readyz")
         sent_at: dict[int, float] = {}
         auths = [
             {"token": mint_token(settings, rep=f"B{i}", ttl=3 * 3600), "session": SESSION, "since": None}
@@ -264,7 +264,12 @@ async def run_tribune(
                 published += 1
 
         pids = [p.pid for p in procs]
-        cpu0, t0, events0, own0 = _cpu(pids), time.monotonic(), tally.events, _cpu([os.getpid()])
+        cpu0, t0, events0, own0 = (
+            cpu_seconds(pids),
+            time.monotonic(),
+            tally.events,
+            cpu_seconds([os.getpid()]),
+        )
         tasks = []
         n = 0
         while time.monotonic() - t0 < duration:
@@ -275,10 +280,10 @@ async def run_tribune(
         await asyncio.gather(*tasks, return_exceptions=True)
         final_seq = int(await conn.fetchval("SELECT last_seq FROM sessions WHERE id = $1", SESSION))
         await _drain(viewers, final_seq, 30)
-        elapsed, cpu = time.monotonic() - t0, _cpu(pids) - cpu0
+        elapsed, cpu = time.monotonic() - t0, cpu_seconds(pids) - cpu0
         tally.events -= events0
         report = _report("tribune", clients, nodes, published, tally, viewers, final_seq, {}, elapsed, cpu)
-        report["load_generator_cpu_s"] = round(_cpu([os.getpid()]) - own0, 2)
+        report["load_generator_cpu_s"] = round(cpu_seconds([os.getpid()]) - own0, 2)
         report["node_fanout_delay_ms"] = await _fanout_delay(urls)
         for client in (writer, moderator):
             await close_client(client)
@@ -306,14 +311,14 @@ async def run_baseline(
     sample_every: int,
     progress: Callable[[str, int, int], None],
 ) -> dict[str, Any]:
-    _pin_self()
+    pin_self()
     port = free_port()
-    proc = _spawn(
+    proc = spawn_server(
         [sys.executable, "-m", "interaction.baseline", str(port)], dict(os.environ), root / "baseline.log"
     )
     try:
         url = f"http://127.0.0.1:{port}"
-        await _wait_http(url + "/socket.io/?EIO=4&transport=polling")
+        await wait_http(url + "/socket.io/?EIO=4&transport=polling")
         sent_at: dict[int, float] = {}
         auths = [{"token": "-", "session": SESSION, "since": None} for _ in range(clients)]
         tally, viewers = await _viewers([url], auths, sent_at, sample_every, progress)
@@ -328,7 +333,12 @@ async def run_baseline(
             if ack.get("ok"):
                 published += 1
 
-        cpu0, t0, events0, own0 = _cpu([proc.pid]), time.monotonic(), tally.events, _cpu([os.getpid()])
+        cpu0, t0, events0, own0 = (
+            cpu_seconds([proc.pid]),
+            time.monotonic(),
+            tally.events,
+            cpu_seconds([os.getpid()]),
+        )
         tasks = []
         n = 0
         while time.monotonic() - t0 < duration:
@@ -338,7 +348,7 @@ async def run_baseline(
             await asyncio.sleep(max(0.0, t0 + n / rate - time.monotonic()))
         await asyncio.wait(tasks, timeout=30)
         await _drain(viewers, n, 30)
-        elapsed, cpu = time.monotonic() - t0, _cpu([proc.pid]) - cpu0
+        elapsed, cpu = time.monotonic() - t0, cpu_seconds([proc.pid]) - cpu0
         tally.events -= events0
         report = _report(
             "baseline: python-socketio emit(room) per event",
@@ -352,7 +362,7 @@ async def run_baseline(
             elapsed,
             cpu,
         )
-        report["load_generator_cpu_s"] = round(_cpu([os.getpid()]) - own0, 2)
+        report["load_generator_cpu_s"] = round(cpu_seconds([os.getpid()]) - own0, 2)
         with contextlib.suppress(Exception):
             await close_client(publisher)
         for viewer in viewers:
@@ -376,7 +386,7 @@ async def bench_comments(
     sample_every: int,
     progress: Callable[[str, int, int], None],
 ) -> dict[str, Any]:
-    _raise_fd_limit()
+    raise_fd_limit()
     root = Path(tempfile.mkdtemp(prefix="tb-"))
     try:
         result: dict[str, Any] = {"benchmark": "comments", "rate": rate, "duration_s": duration}

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 import msgpack
 
-CONNECT, EVENT, CONNECT_ERROR = 0, 2, 4
+CONNECT, EVENT, ACK, CONNECT_ERROR = 0, 2, 3, 4
 
 
 def client_frame(payload: bytes, *, text: bool) -> bytes:
@@ -91,6 +91,8 @@ class ViewerProtocol(asyncio.Protocol):
         self.upgraded = False
         self.seq = -1
         self.key = base64.b64encode(os.urandom(16)).decode()
+        self.acks: dict[int, asyncio.Future[Any]] = {}
+        self.last_ack_id = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -104,6 +106,10 @@ class ViewerProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.tally.closed += 1
+        for fut in self.acks.values():
+            if not fut.done():
+                fut.set_exception(ConnectionError("the connection closed before the answer"))
+        self.acks.clear()
         if not self.on_ready.done():
             self.on_ready.set_result(False)
 
@@ -171,6 +177,10 @@ class ViewerProtocol(asyncio.Protocol):
                 if not self.on_ready.done():
                     self.tally.connected += 1
                     self.on_ready.set_result(True)
+        elif kind == ACK:
+            fut = self.acks.pop(packet.get("id", -1), None)
+            if fut is not None and not fut.done():
+                fut.set_result(packet["data"][0] if packet.get("data") else None)
         elif kind == CONNECT_ERROR:
             self.tally.refused += 1
             self._fail()
@@ -192,6 +202,18 @@ class ViewerProtocol(asyncio.Protocol):
                 sent = self.sent_at.get(event["data"]["id"])
                 if sent is not None:
                     tally.latencies.append(now - sent)
+
+    def call(self, name: str, data: Any) -> asyncio.Future[Any]:
+        """Emit an event that asks for an acknowledgement; the future gets the answer."""
+        self.last_ack_id += 1
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if self.transport is None or self.transport.is_closing():
+            fut.set_exception(ConnectionError("not connected"))
+            return fut
+        self.acks[self.last_ack_id] = fut
+        packet = {"type": EVENT, "nsp": "/", "data": [name, data], "id": self.last_ack_id}
+        self._send(msgpack.packb(packet), text=False)
+        return fut
 
     def _send(self, payload: bytes, *, text: bool) -> None:
         if self.transport is not None and not self.transport.is_closing():

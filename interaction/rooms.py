@@ -4,7 +4,7 @@ session's recent events in seq order, gap-free."""
 from __future__ import annotations
 
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -67,6 +67,7 @@ class Room:
     sizes: deque[int] = field(default_factory=lambda: deque(maxlen=BUFFER_EVENTS))  # encoded bytes
     waiting_since: float | None = None  # when the oldest event not yet flushed arrived
     open_polls: dict[int, bool] = field(default_factory=dict)  # poll id → live results
+    attending: Counter[str] = field(default_factory=Counter)  # representative → connections here
     polls_loaded: bool = False
 
     def accept(self, events: Iterable[dict[str, Any]]) -> tuple[int, int] | None:
@@ -110,7 +111,7 @@ class Room:
 
     def attendees(self) -> list[str]:
         """Representatives connected here, whose attendance this node vouches for."""
-        return sorted({c.who.rep for c in self.clients.values() if c.attends})
+        return sorted(self.attending)
 
     def online(self) -> int:
         """Distinct representatives connected to this room on this node."""
@@ -132,6 +133,8 @@ class Rooms:
             self.by_session[client.session_id] = room
         room.clients[client.sid] = client
         self.by_sid[client.sid] = client
+        if client.attends:
+            room.attending[client.who.rep] += 1
         return room
 
     def leave(self, sid: str) -> Client | None:
@@ -140,7 +143,10 @@ class Rooms:
             return None
         room = self.by_session.get(client.session_id)
         if room is not None:
-            room.clients.pop(sid, None)
+            if room.clients.pop(sid, None) is not None and client.attends:
+                room.attending[client.who.rep] -= 1
+                if room.attending[client.who.rep] <= 0:
+                    del room.attending[client.who.rep]
             if not room.clients:
                 del self.by_session[client.session_id]
         return client

@@ -175,7 +175,10 @@ class Live:
         )
         self.presence = Presence(redis, self.rooms, self.fanout, settings)
         self.ballots = ballots.BallotBox(
-            self.pool, max_batch=settings.vote_batch_max, on_batch=self.metrics.vote_batch.observe
+            self.pool,
+            max_batch=settings.vote_batch_max,
+            linger=settings.vote_linger,
+            on_batch=self.metrics.vote_batch.observe,
         )
         self.tallies = Tallies(
             redis,
@@ -373,7 +376,7 @@ class Live:
         if client is None:
             return
         room = self.rooms.get(client.session_id)
-        if client.attends and (room is None or client.who.rep not in room.attendees()):
+        if client.attends and (room is None or client.who.rep not in room.attending):
             try:
                 await attendance.release(self.pool, client.session_id, [client.who.rep])
             except UNAVAILABLE as exc:  # the lease runs out on its own

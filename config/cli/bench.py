@@ -28,12 +28,20 @@ def add_parser(sub: Any, name: str) -> None:
     c.add_argument("--sample-every", type=int, default=20, help="measure latency on every Nth viewer")
     c.add_argument("--no-baseline", action="store_true", help="skip the stock python-socketio baseline")
     c.add_argument("--json", action="store_true", help="print only the JSON (the default output anyway)")
+    v = kinds.add_parser("votes", help="votes acknowledged after commit: group commit vs one commit per vote")
+    v.add_argument("--voters", type=int, default=2000, help="representatives, one vote each (default 2000)")
+    v.add_argument("--nodes", type=int, default=2, help="Tribune nodes sharing one PostgreSQL and Redis")
+    v.add_argument("--rate", type=float, default=2000.0, help="votes arriving per second; 0: all at once")
+    v.add_argument("--no-baseline", action="store_true", help="skip the one-commit-per-vote baseline")
+    v.add_argument("--json", action="store_true", help="print only the JSON (the default output anyway)")
 
 
 def run(args: argparse.Namespace) -> int:
+    setup_logging("WARNING")
+    if args.bench == "votes":
+        return _votes(args)
     from interaction.bench import bench_comments
 
-    setup_logging("WARNING")
     if args.clients < 1 or args.nodes < 1 or args.rate <= 0 or args.duration <= 0:
         print("tribune: --clients, --nodes, --rate and --duration must be positive", file=sys.stderr)
         return 2
@@ -55,5 +63,29 @@ def run(args: argparse.Namespace) -> int:
     )
     if sys.stderr.isatty():
         print(file=sys.stderr)
+    print(json.dumps(result, indent=2, ensure_ascii=False))
+    return 0
+
+
+def _votes(args: argparse.Namespace) -> int:
+    from interaction.votebench import bench_votes
+
+    if args.voters < 1 or args.nodes < 1 or args.rate < 0:
+        print("tribune: --voters and --nodes must be positive, --rate at least 0", file=sys.stderr)
+        return 2
+
+    def progress(stage: str) -> None:
+        if sys.stderr.isatty():
+            print(stage, file=sys.stderr, flush=True)
+
+    result = asyncio.run(
+        bench_votes(
+            voters=args.voters,
+            nodes=args.nodes,
+            rate=args.rate,
+            baseline=not args.no_baseline,
+            progress=progress,
+        )
+    )
     print(json.dumps(result, indent=2, ensure_ascii=False))
     return 0
