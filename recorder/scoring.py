@@ -133,6 +133,7 @@ class Run:
     rows: int
     seconds: float
     scored_at: datetime
+    steps: dict[str, float]
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -160,6 +161,7 @@ async def rescore(pool: asyncpg.Pool, version: Version, period: Period, *, actor
     """Derive the points of every session that ended and started in `period` under `version`."""
     started = time.perf_counter()
     rules = version.rules
+    steps: dict[str, float] = {}
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK)
         sessions = await conn.fetch(
@@ -168,12 +170,15 @@ async def rescore(pool: asyncpg.Pool, version: Version, period: Period, *, actor
             period.start,
             period.end,
         )
+        mark = time.perf_counter()
         await conn.execute(
             "DELETE FROM score_points WHERE version = $1 AND period_at >= $2 AND period_at < $3",
             version.version,
             period.start,
             period.end,
         )
+        steps["delete"] = time.perf_counter() - mark
+        mark = time.perf_counter()
         ids = [s["id"] for s in sessions]
         thresholds = [rules.threshold(s["id"], s["kind"]) for s in sessions]
         await conn.execute(_DWELL_TABLE)
@@ -184,21 +189,28 @@ async def rescore(pool: asyncpg.Pool, version: Version, period: Period, *, actor
             [None if t.min_minutes is None else t.min_minutes * 60 for t, _ in thresholds],
             [key for _, key in thresholds],
         )
+        steps["dwell"] = time.perf_counter() - mark
         v = version.version
-        await conn.execute(_ATTENDANCE, v, *_params(rules, "attendance", sessions))
-        await conn.execute(_LEAVE, v, *_params(rules, "leave", sessions))
         absence = _params(rules, "absence", sessions)
-        if any(absence[1]):
-            await conn.execute(_ABSENCE, v, *absence)
-        await conn.execute(_COMMENTS.format(extra=""), v, *_params(rules, "comment", sessions), "comment")
-        await conn.execute(
-            _COMMENTS.format(extra="AND c.adopted"),
-            v,
-            *_params(rules, "adopted_comment", sessions),
-            "adopted_comment",
-        )
-        await conn.execute(_POLLS, v, *_params(rules, "poll", sessions))
-        await conn.execute(_LECTURE, v, *_params(rules, "lecture_minute", sessions))
+        statements: list[tuple[str, str, list[Any]]] = [
+            ("attendance", _ATTENDANCE, _params(rules, "attendance", sessions)),
+            ("leave", _LEAVE, _params(rules, "leave", sessions)),
+            ("absence", _ABSENCE, absence),
+            ("comment", _COMMENTS.format(extra=""), [*_params(rules, "comment", sessions), "comment"]),
+            (
+                "adopted_comment",
+                _COMMENTS.format(extra="AND c.adopted"),
+                [*_params(rules, "adopted_comment", sessions), "adopted_comment"],
+            ),
+            ("poll", _POLLS, _params(rules, "poll", sessions)),
+            ("lecture_minute", _LECTURE, _params(rules, "lecture_minute", sessions)),
+        ]
+        for name, sql, args in statements:
+            if name == "absence" and not any(absence[1]):
+                continue  # nobody loses points for absence: nothing to write
+            mark = time.perf_counter()
+            await conn.execute(sql, v, *args)
+            steps[name] = time.perf_counter() - mark
         row = await conn.fetchrow(
             """WITH n AS (SELECT count(*) AS rows FROM score_points
                            WHERE version = $1 AND period_at >= $2 AND period_at < $3)
@@ -210,7 +222,8 @@ async def rescore(pool: asyncpg.Pool, version: Version, period: Period, *, actor
             len(sessions),
             actor,
         )
-    return Run(v, period, len(sessions), row["points_rows"], time.perf_counter() - started, row["scored_at"])
+    took = time.perf_counter() - started
+    return Run(v, period, len(sessions), row["points_rows"], took, row["scored_at"], steps)
 
 
 async def ensure_scored(

@@ -1,12 +1,15 @@
 -- Scoring: points derived from the ledger under a version of the rules, each row traceable
 -- to the fact that earned it (activity + fact id), the rule key that priced it and the
--- version. Points are derived data: rescoring deletes and re-inserts them, so they carry no
--- foreign keys (a per-row check would dominate a rescore of a year).
+-- version. Points are derived data, rebuilt by a rescore from the facts: they carry no
+-- foreign keys (a per-row check would dominate a rescore of a year), and the points and the
+-- record of rescores are UNLOGGED (no WAL: a rescore writes half a million rows). After a
+-- crash PostgreSQL empties both together, so the next read finds no rescore and derives the
+-- points again.
 
 -- The TOML a version was loaded from, kept beside its normalised form.
 ALTER TABLE score_rules ADD COLUMN source text NOT NULL DEFAULT '';
 
-CREATE TABLE score_points (
+CREATE UNLOGGED TABLE score_points (
     version    integer NOT NULL,
     session_id text NOT NULL,
     rep_id     text NOT NULL,
@@ -20,13 +23,13 @@ CREATE TABLE score_points (
     points     numeric NOT NULL,
     at         timestamptz NOT NULL,  -- when the fact happened
     period_at  timestamptz NOT NULL,  -- the session's start: the period the points belong to
-    PRIMARY KEY (version, activity, fact, rep_id)
+    -- A fact is priced once per version (its period follows from its session).
+    PRIMARY KEY (version, period_at, activity, fact, rep_id)
 );
-CREATE INDEX score_points_period ON score_points (version, period_at);
 CREATE INDEX score_points_rep ON score_points (version, rep_id, period_at);
 
 -- Each rescore: which sessions (those that ended and started in the period) under which version.
-CREATE TABLE score_runs (
+CREATE UNLOGGED TABLE score_runs (
     id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     version     integer NOT NULL REFERENCES score_rules,
     period_from timestamptz NOT NULL,
