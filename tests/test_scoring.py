@@ -362,3 +362,47 @@ async def test_reminders_list_and_stream(client, auth, db, settings) -> None:  #
     assert sorted(e[1][b"rep"].decode() for e in entries) == sorted(by_rep)
     r5 = next(e[1] for e in entries if e[1][b"rep"] == b"R5")
     assert b"absent" in r5[b"reasons"] and r5[b"period"] == b"2026-Q4"
+
+
+async def test_effective_attendance_rule_per_session_and_kind(client, auth, db) -> None:  # type: ignore[no-untyped-def]
+    await ledger_facts(db)
+    rules = default_source().replace(
+        "[effective_attendance.kind.lecture]\nmin_minutes = 30",
+        "[effective_attendance.kind.lecture]\nmin_minutes = 15\n"
+        '[effective_attendance.session."s1"]\nmin_share = 0.25',
+    )
+    assert rules != default_source()
+    response = await client.post(
+        "/api/scores/rules", data=rules, headers={**auth.admin, "Content-Type": "text/plain"}
+    )
+    assert response.status == 201, await response.text()
+    report = (await get(client, "/api/sessions/s1/report", auth.admin))["report"]
+    assert report["effective_rule"] == {
+        "key": 'effective_attendance.session."s1"',
+        "min_share": 0.25,
+        "min_minutes": None,
+    }
+    assert report["totals"]["effective"] == 3  # R2's 30 of 120 minutes now count
+    record = (await get(client, f"/api/representatives/R2/record?period={Q4}", auth.admin))["record"]
+    facts = {(f["session"], f["activity"]): f for f in record["timeline"]}
+    assert facts["s1", "attendance"]["points"] == 3.0
+    assert facts["s2", "attendance"]["rule"] == "activities.attendance.by_kind.lecture"  # 20 min ≥ 15
+
+
+async def test_periods() -> None:
+    from datetime import datetime
+
+    from recorder.periods import LOCAL, PeriodError, parse_period
+
+    q4 = parse_period("2026-Q4")
+    assert (q4.start, q4.end) == (datetime(2026, 10, 1, tzinfo=LOCAL), datetime(2027, 1, 1, tzinfo=LOCAL))
+    month = parse_period("2026-12")
+    assert month.end == datetime(2027, 1, 1, tzinfo=LOCAL)
+    custom = parse_period("2026-03-01..2026-03-31")
+    assert (custom.start.day, custom.end.month, custom.end.day) == (1, 4, 1)
+    now = datetime(2026, 11, 21, 12, tzinfo=LOCAL)
+    assert parse_period("quarter", now=now).label == "2026-Q4"
+    assert parse_period("month", now=now).label == "2026-11"
+    for bad in ("2026-Q5", "2026-13", "2026-02-30..2026-03-01", "2026-03-02..2026-03-01", "soon"):
+        with pytest.raises(PeriodError):
+            parse_period(bad)
