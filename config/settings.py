@@ -81,6 +81,9 @@ class Settings:
     attendance_lease: float = 30.0
     attendance_grace: float = 60.0
 
+    scoring_refresh: float = 300.0
+    reminder_stream_maxlen: int = 10_000
+
     @property
     def embedded_database(self) -> bool:
         return not self.database_url
@@ -253,6 +256,10 @@ def _validated(s: Settings) -> Settings:
         fail("vote_batch_max", "must be 1..10000 (1 writes each vote in its own transaction)")
     if not 0 <= s.vote_linger <= 0.2:
         fail("vote_linger", "must be 0..0.2 seconds")
+    if not 0 <= s.scoring_refresh <= 86_400:
+        fail("scoring_refresh", "must be 0..86400 seconds")
+    if not 100 <= s.reminder_stream_maxlen <= 10_000_000:
+        fail("reminder_stream_maxlen", "must be 100..10000000")
     if not 10 <= s.replay_limit <= 100_000:
         fail("replay_limit", "must be 10..100000")
     if s.max_upload_bytes < 1024:

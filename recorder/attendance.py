@@ -73,9 +73,11 @@ async def sweep(pool: asyncpg.Pool, *, grace: float) -> int:
 
 
 async def close_owned(pool: asyncpg.Pool, node: str) -> None:
-    """Graceful shutdown: close every open interval this node renewed last."""
+    """Graceful shutdown: close every open interval this node renewed last, at the time its
+    representative left (released while the node disconnected its clients) or now."""
     await pool.execute(
-        """UPDATE attendance_intervals SET ended_at = now(), close_reason = 'left'
+        """UPDATE attendance_intervals
+              SET ended_at = greatest(started_at, least(lease_until, now())), close_reason = 'left'
             WHERE ended_at IS NULL AND node_id = $1""",
         node,
     )

@@ -33,3 +33,19 @@ def test_bench_comments_small_run() -> None:
         assert run["lost"] == run["duplicated"] == run["out_of_order"] == 0  # … once, in order
         assert run["latency_ms"]["p50"] is not None and run["server_cpu_s"] > 0
     assert figures["deliveries_per_cpu_s_vs_baseline"] > 0
+
+
+@pytest.mark.slow
+def test_bench_scoring_small_run() -> None:
+    result = subprocess.run(
+        [TRIBUNE, "bench", "scoring", "--reps", "300", "--sessions", "10", "--json"],
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout)
+    assert figures["facts"]["attendances"] > 0 and figures["facts"]["comments"] > 0
+    assert figures["same_rows_when_rescored"] and figures["points_rows"] > 0
+    assert figures["session_report"]["rows"] == 300  # no participant lists: the whole roster is expected

@@ -6,7 +6,7 @@ import argparse
 import sys
 from types import ModuleType
 
-from config.cli import bench, check_config, demo, import_roster, migrate, serve, token
+from config.cli import bench, check_config, demo, import_roster, migrate, report, scores, serve, token
 from config.errors import TribuneError
 from config.settings import SettingsError
 
@@ -17,6 +17,8 @@ COMMANDS: dict[str, ModuleType] = {
     "token": token,
     "check-config": check_config,
     "import-roster": import_roster,
+    "report": report,
+    "scores": scores,
     "bench": bench,
 }
 

@@ -34,12 +34,38 @@ def add_parser(sub: Any, name: str) -> None:
     v.add_argument("--rate", type=float, default=2000.0, help="votes arriving per second; 0: all at once")
     v.add_argument("--no-baseline", action="store_true", help="skip the one-commit-per-vote baseline")
     v.add_argument("--json", action="store_true", help="print only the JSON (the default output anyway)")
+    s = kinds.add_parser(
+        "scoring", help="a year of generated facts: time to rescore, rank, remind and report"
+    )
+    s.add_argument("--reps", type=int, default=10_000, help="representatives (default 10000)")
+    s.add_argument("--sessions", type=int, default=200, help="ended sessions across 2026 (default 200)")
+    s.add_argument("--json", action="store_true", help="print only the JSON (the default output anyway)")
+
+
+def run_scoring(args: argparse.Namespace) -> int:
+    from recorder.bench import bench_scoring
+
+    if not 1 <= args.reps <= 1_000_000 or not 1 <= args.sessions <= 10_000:
+        print("tribune: --reps must be 1..1000000 and --sessions 1..10000", file=sys.stderr)
+        return 2
+
+    def progress(stage: str) -> None:
+        if sys.stderr.isatty():
+            print(f"\r{stage}…{' ' * 20}", end="", file=sys.stderr, flush=True)
+
+    result = asyncio.run(bench_scoring(reps=args.reps, sessions=args.sessions, progress=progress))
+    if sys.stderr.isatty():
+        print(file=sys.stderr)
+    print(json.dumps(result, indent=2, ensure_ascii=False))
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
     setup_logging("WARNING")
     if args.bench == "votes":
         return _votes(args)
+    if args.bench == "scoring":
+        return run_scoring(args)
     from interaction.bench import bench_comments
 
     if args.clients < 1 or args.nodes < 1 or args.rate <= 0 or args.duration <= 0:
