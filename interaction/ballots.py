@@ -98,6 +98,7 @@ class BallotBox:
         self.on_batch = on_batch
         self._queue: list[tuple[Cast, asyncio.Future[Result]]] = []
         self._wake = asyncio.Event()
+        self._first_at = 0.0  # when the oldest vote in the queue arrived (loop time)
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -120,19 +121,26 @@ class BallotBox:
                 raise outcome
             return outcome
         fut: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        if not self._queue:
+            self._first_at = asyncio.get_running_loop().time()
         self._queue.append((cast, fut))
         self._wake.set()
         return await fut
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             await self._wake.wait()
             self._wake.clear()
-            if self.linger and len(self._queue) < self.max_batch:
-                await asyncio.sleep(self.linger)  # let a batch gather
             while self._queue:
+                # Let a batch gather for `linger` after its first vote arrived (not when the
+                # queue is already full): one round trip and one commit for all of them.
+                wait = self._first_at + self.linger - loop.time()
+                if wait > 0 and len(self._queue) < self.max_batch:
+                    await asyncio.sleep(wait)
                 batch, deferred = self._take()
                 self._queue[:0] = deferred  # back to the front, in order
+                self._first_at = loop.time()
                 try:
                     await self._write(batch)
                 except asyncio.CancelledError:

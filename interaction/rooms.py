@@ -68,6 +68,7 @@ class Room:
     waiting_since: float | None = None  # when the oldest event not yet flushed arrived
     open_polls: dict[int, bool] = field(default_factory=dict)  # poll id → live results
     attending: Counter[str] = field(default_factory=Counter)  # representative → connections here
+    people: Counter[str] = field(default_factory=Counter)  # everyone connected here → connections
     polls_loaded: bool = False
 
     def accept(self, events: Iterable[dict[str, Any]]) -> tuple[int, int] | None:
@@ -114,8 +115,8 @@ class Room:
         return sorted(self.attending)
 
     def online(self) -> int:
-        """Distinct representatives connected to this room on this node."""
-        return len({c.who.rep for c in self.clients.values()})
+        """Distinct people connected to this room on this node."""
+        return len(self.people)
 
 
 class Rooms:
@@ -133,6 +134,7 @@ class Rooms:
             self.by_session[client.session_id] = room
         room.clients[client.sid] = client
         self.by_sid[client.sid] = client
+        room.people[client.who.rep] += 1
         if client.attends:
             room.attending[client.who.rep] += 1
         return room
@@ -143,10 +145,16 @@ class Rooms:
             return None
         room = self.by_session.get(client.session_id)
         if room is not None:
-            if room.clients.pop(sid, None) is not None and client.attends:
-                room.attending[client.who.rep] -= 1
-                if room.attending[client.who.rep] <= 0:
-                    del room.attending[client.who.rep]
+            if room.clients.pop(sid, None) is not None:
+                _decrement(room.people, client.who.rep)
+                if client.attends:
+                    _decrement(room.attending, client.who.rep)
             if not room.clients:
                 del self.by_session[client.session_id]
         return client
+
+
+def _decrement(counts: Counter[str], key: str) -> None:
+    counts[key] -= 1
+    if counts[key] <= 0:
+        del counts[key]

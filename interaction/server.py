@@ -108,6 +108,24 @@ class _Manager(socketio.AsyncManager):  # type: ignore[misc]
             self._on_connected(sid)
         return result
 
+    def basic_disconnect(self, sid: str, namespace: str, **kwargs: Any) -> None:
+        """The stock version copies and scans every Socket.IO room (one per client) on each
+        disconnect: quadratic when thousands leave. Tribune keeps its own rooms, so a client
+        is only in the namespace's room and its own: leave those, then tidy as it does."""
+        rooms = self.rooms.get(namespace)
+        if rooms is None:
+            return
+        for room in (None, sid):
+            members = rooms.get(room)
+            if members is not None and sid in members:
+                self.basic_leave_room(sid, namespace, room)
+        self.callbacks.pop(sid, None)
+        for pending in (self.pending_connect, self.pending_disconnect):
+            if sid in pending.get(namespace, ()):
+                pending[namespace].remove(sid)
+                if not pending[namespace]:
+                    del pending[namespace]
+
 
 class Live:
     """The live channel of one node. Built with the app (its routes must exist before the
@@ -146,6 +164,8 @@ class Live:
             on_flush=self._flushed,
         )
         self.polls: dict[int, polls.Poll] = {}  # definitions (fixed once open), by id
+        self._poll_loads: dict[int, asyncio.Future[polls.Poll]] = {}
+        self._joining: dict[str, set[str]] = {}  # session → representatives whose interval opens next
         self._pending: dict[str, tuple[Client, Since | None, dict[str, Any]]] = {}
         self._fills: dict[str, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -326,7 +346,7 @@ class Live:
             # list and is applied to it; one before the read is in it.
             client.ready = True
             if client.attends and room.state == "live":
-                await self._attend(room, [client.who.rep])
+                self._attend_soon(room, client.who.rep)
             if client.staff:
                 queue = await comments.pending(self.pool, client.session_id)
                 self.fanout.send(client, "queue", {"full": True, "pending": queue})
@@ -384,6 +404,22 @@ class Live:
         if room is None:
             await self.presence.forget(client.session_id)
 
+    def _attend_soon(self, room: Room, rep: str) -> None:
+        """Open (or continue) a joining representative's interval within a moment: joins
+        arriving together — everyone at the start of a session — share one write."""
+        joining = self._joining.setdefault(room.session_id, set())
+        joining.add(rep)
+        if len(joining) == 1:
+
+            async def flush() -> None:
+                await asyncio.sleep(JOIN_BATCH_SECONDS)
+                reps = sorted(self._joining.pop(room.session_id, ()))
+                current = self.rooms.get(room.session_id)
+                if current is not None and current.state == "live":
+                    await self._attend(current, [r for r in reps if r in current.attending])
+
+            self._spawn(flush())
+
     async def _attend(self, room: Room, reps: list[str]) -> None:
         if not reps:
             return
@@ -400,15 +436,20 @@ class Live:
             log.warning("attendance in %s not recorded this round: %r", room.session_id, exc)
 
     async def _attendance_loop(self) -> None:
-        """Renew the leases of everyone connected here, a few times per lease; close
-        intervals nobody renewed."""
+        """Renew the leases of everyone connected here, a few times per lease, a slice each
+        second so the writes are spread out; close intervals nobody renewed."""
+        slices = max(1, int(self.settings.attendance_lease / 3))
+        tick = 0
         while True:
-            await asyncio.sleep(self.settings.attendance_lease / 3)
+            await asyncio.sleep(self.settings.attendance_lease / 3 / slices)
+            tick += 1
             try:
                 for room in list(self.rooms.by_session.values()):
                     if room.state == "live":
-                        await self._attend(room, room.attendees())
-                await attendance.sweep(self.pool, grace=self.settings.attendance_grace)
+                        reps = room.attendees()
+                        await self._attend(room, reps[tick % slices :: slices])
+                if tick % slices == 0:
+                    await attendance.sweep(self.pool, grace=self.settings.attendance_grace)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -525,11 +566,17 @@ class Live:
     # --- polls -----------------------------------------------------------------------------
 
     async def poll(self, poll_id: int) -> polls.Poll:
-        """A poll's definition from this node's cache (fixed once open), else the ledger."""
+        """A poll's definition from this node's cache (fixed once open), else the ledger —
+        read once however many votes ask for it at the same moment."""
         cached = self.polls.get(poll_id)
         if cached is not None:
             return cached
-        poll = await polls.load(self.pool, poll_id)
+        loading = self._poll_loads.get(poll_id)
+        if loading is None:
+            loading = asyncio.ensure_future(polls.load(self.pool, poll_id))
+            self._poll_loads[poll_id] = loading
+            loading.add_done_callback(lambda _: self._poll_loads.pop(poll_id, None))
+        poll = await asyncio.shield(loading)
         if poll.state != "draft":
             self.polls[poll_id] = poll
         return poll
@@ -745,6 +792,8 @@ class Live:
                 except Exception:
                     log.exception("disconnecting %s (token expired) failed", client.sid)
 
+
+JOIN_BATCH_SECONDS = 0.1
 
 POLL_STATES = {"poll.opened": "open", "poll.closed": "closed", "poll.results": "published"}
 

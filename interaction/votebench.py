@@ -101,6 +101,22 @@ async def _prepare(database_url: str, voters: int) -> tuple[int, int, list[int]]
         await conn.close()
 
 
+async def _joined(database_url: str, voters: int, seconds: float = 300) -> None:
+    """Wait until every voter's attendance is open: the nodes have finished welcoming them."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if (
+                await conn.fetchval("SELECT count(*) FROM attendance_intervals WHERE ended_at IS NULL")
+                >= voters
+            ):
+                return
+            await asyncio.sleep(0.5)
+    finally:
+        await conn.close()
+
+
 async def run_system(
     root: Path,
     label: str,
@@ -141,7 +157,8 @@ async def run_system(
             await wait_http(url + "/readyz")
         cpus = ",".join(str(c) for c in range(1, os.cpu_count() or 2)) if (os.cpu_count() or 1) > 1 else ""
         all_voters = [(i, f"V{i:06d}") for i in range(voters)]
-        shares = [all_voters[i : i + PER_GENERATOR] for i in range(0, voters, PER_GENERATOR)]
+        count = -(-voters // PER_GENERATOR)
+        shares = [all_voters[k::count] for k in range(count)]  # interleaved: all send all along
         for share in shares:
             gen = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -174,6 +191,7 @@ async def run_system(
                 raise RuntimeError(f"a load generator failed while connecting: {line!r}")
         progress(f"{label}: voting")
         pids = [p.pid for p in procs]
+        await _joined(database_url, voters)
         await asyncio.sleep(1.0)  # let the connection work settle before measuring
         node0, svc0 = _node_cpu(pids), _service_cpu(root / "services")
         start = time.time() + 0.5
@@ -193,6 +211,10 @@ async def run_system(
         )
         await conn.close()
         latencies = [x for o in outs for x in o["latencies"]]
+        by_second: dict[int, list[float]] = {}
+        for o in outs:
+            for at, latency in o["timeline"]:
+                by_second.setdefault(int(at), []).append(latency)
         statuses: dict[str, int] = {}
         refusals: dict[str, int] = {}
         for o in outs:
@@ -223,6 +245,9 @@ async def run_system(
             "votes_per_server_cpu_s": round(acked / cpu, 1) if cpu else None,
             "load_generator_cpu_s": round(sum(o["cpu_s"] for o in outs), 2),
             "vote_batch": await _batch_sizes(urls),
+            "ack_latency_ms_by_second_sent": {
+                second: percentiles(by_second[second])["p99"] for second in sorted(by_second)
+            },
         }
     finally:
         for gen in generators:

@@ -64,6 +64,7 @@ async def main() -> None:
     start = float(line.split()[1])
     cpu0 = time.process_time()
     latencies: list[float] = []
+    timeline: list[tuple[float, float]] = []  # (seconds after the start it was sent, latency)
     statuses: dict[str, int] = {}
     refusals: dict[str, int] = {}
     retries = 0
@@ -77,7 +78,7 @@ async def main() -> None:
             "answers": {str(job["question"]): job["options"][index % len(job["options"])]},
             "key": f"{rep}-1",
         }
-        sent = time.perf_counter()
+        sent, sent_at = time.perf_counter(), time.time()
         while True:
             try:
                 ack = await asyncio.wait_for(conns[index].call("vote.cast", cast), 30)
@@ -88,6 +89,7 @@ async def main() -> None:
                 continue
             if ack.get("ok"):
                 latencies.append(time.perf_counter() - sent)
+                timeline.append((round(sent_at - start, 2), round(latencies[-1], 3)))
                 statuses[ack["status"]] = statuses.get(ack["status"], 0) + 1
                 return
             code = ack["error"]["code"]
@@ -100,8 +102,6 @@ async def main() -> None:
     began = time.perf_counter()
     await asyncio.gather(*(vote(index, rep, auth) for index, rep, auth in voters))
     elapsed = time.perf_counter() - began
-    for conn in conns.values():
-        conn._close()
     out = {
         "connected": len(conns),
         "acked": len(latencies),
@@ -110,11 +110,15 @@ async def main() -> None:
         "retries": retries,
         "reconnects": reconnects,
         "latencies": latencies,
+        "timeline": timeline,
         "seconds": elapsed,
         "cpu_s": time.process_time() - cpu0,
     }
     sys.stdout.write(json.dumps(out) + "\n")
     sys.stdout.flush()
+    for conn in conns.values():  # after the report: closing is not part of the measure
+        conn._close()
+    await asyncio.sleep(1)
 
 
 if __name__ == "__main__":
