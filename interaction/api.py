@@ -14,7 +14,7 @@ from config.errors import Forbidden, Invalid
 from config.web import caller, json_response, read_json
 from interaction import comments, export, polls, words
 from interaction.errors import PollNotFound
-from recorder import sessions
+from recorder import sessions, sheets
 
 STAFF = (Role.MODERATOR, Role.HOST)
 
@@ -54,12 +54,12 @@ async def export_comments(request: web.Request) -> web.StreamResponse:
 
 
 def _table(
-    fmt: str, name: str, sheet: str, header: Sequence[str], rows: Sequence[Sequence[export.Cell]]
+    fmt: str, name: str, sheet: str, header: Sequence[str], rows: Sequence[Sequence[Any]]
 ) -> web.Response:
     if fmt == "csv":
-        body, kind = export.to_csv(header, rows), export.CSV_TYPE
+        body, kind = sheets.to_csv(header, rows), export.CSV_TYPE
     elif fmt == "xlsx":
-        body, kind = export.to_xlsx(sheet, header, rows), export.XLSX_TYPE
+        body, kind = sheets.to_xlsx([(sheet, header, rows)]), export.XLSX_TYPE
     else:
         raise Invalid("format must be csv or xlsx")
     return web.Response(
