@@ -1,4 +1,4 @@
-"""`tribune bench comments` runs end to end and its correctness figures hold (no timing asserted)."""
+"""The benchmarks run end to end and their correctness figures hold (no timing asserted)."""
 
 from __future__ import annotations
 
@@ -49,3 +49,22 @@ def test_bench_scoring_small_run() -> None:
     assert figures["facts"]["attendances"] > 0 and figures["facts"]["comments"] > 0
     assert figures["same_rows_when_rescored"] and figures["points_rows"] > 0
     assert figures["session_report"]["rows"] == 300  # no participant lists: the whole roster is expected
+
+
+@pytest.mark.slow
+def test_bench_votes_small_run() -> None:
+    result = subprocess.run(
+        [TRIBUNE, "bench", "votes", "--voters", "300", "--nodes", "2", "--rate", "300", "--json"],
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout)
+    for run in (figures["tribune"], figures["baseline"]):
+        assert run["voters"] == run["acked"] == run["in_db"] == 300  # every vote acknowledged and kept …
+        assert run["duplicates"] == 0 and run["statuses"] == {"recorded": 300}  # … once
+        assert run["ack_latency_ms"]["p99"] is not None and run["server_cpu_s"] > 0
+    assert figures["tribune"]["vote_batch"]["commits"] < 300  # votes shared commits
+    assert figures["votes_per_server_cpu_s_vs_baseline"] > 0
