@@ -141,8 +141,7 @@ async def put_onsite(request: web.Request) -> web.Response:
     who = caller(request)
     require_role(who, Role.HOST, action="entering on-site counts")
     body = await read_json(request, polls.OnsiteCounts)
-    await polls.set_onsite(request.app[keys.DB], _poll_id(request), body, who)
-    poll = await polls.load(request.app[keys.DB], _poll_id(request))
+    poll = await polls.set_onsite(request.app[keys.DB], _poll_id(request), body, who)
     return json_response({"results": await polls.compute_results(request.app[keys.DB], poll)})
 
 

@@ -86,6 +86,49 @@ def cpu_seconds(pids: list[int]) -> float:
     return total
 
 
+def start_nodes(
+    root: Path,
+    nodes: int,
+    *,
+    database_url: str,
+    redis_url: str,
+    secret: str,
+    env: dict[str, str],
+    log_prefix: str,
+) -> tuple[list[subprocess.Popen[bytes]], list[str]]:
+    """K `tribune serve` processes on the given services (pinned to CPU 0), with `env` on
+    top of the shared settings; their URLs."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("TRIBUNE_")}
+    tribune = str(Path(sys.executable).with_name("tribune"))
+    procs, urls = [], []
+    for k in range(nodes):
+        port = free_port()
+        node_env = {
+            **base,
+            "TRIBUNE_DATABASE_URL": database_url,
+            "TRIBUNE_REDIS_URL": redis_url,
+            "TRIBUNE_JWT_SECRET": secret,
+            "TRIBUNE_NODE_ID": f"bench-{k}",
+            "TRIBUNE_LOG_LEVEL": "WARNING",
+            **env,
+        }
+        command = [tribune, "serve", "--port", str(port), "--data-dir", str(root / f"{log_prefix}node-{k}")]
+        procs.append(spawn_server(command, node_env, root / f"{log_prefix}node-{k}.log"))
+        urls.append(f"http://127.0.0.1:{port}")
+    return procs, urls
+
+
+def stop_servers(procs: list[subprocess.Popen[bytes]], seconds: float = 30) -> None:
+    """SIGTERM every server, then wait for each (killing one that does not stop)."""
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(seconds)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 async def wait_http(url: str, seconds: float = 60) -> None:
     import aiohttp
 
@@ -214,23 +257,15 @@ async def run_tribune(
         )
         secret = secrets.token_urlsafe(40)
         settings = Settings(jwt_secret=secret)
-        urls = []
-        for k in range(nodes):
-            port = free_port()
-            env = {
-                **{k2: v for k2, v in os.environ.items() if not k2.startswith("TRIBUNE_")},
-                "TRIBUNE_DATABASE_URL": database_url,
-                "TRIBUNE_REDIS_URL": redis_url,
-                "TRIBUNE_JWT_SECRET": secret,
-                "TRIBUNE_NODE_ID": f"bench-{k}",
-                "TRIBUNE_COMMENT_BURST": "1000000",
-                "TRIBUNE_LOG_LEVEL": "WARNING",
-                "TRIBUNE_DATABASE_POOL_MAX": "30",
-            }
-            tribune = str(Path(sys.executable).with_name("tribune"))
-            command = [tribune, "serve", "--port", str(port), "--data-dir", str(root / f"node-{k}")]
-            procs.append(spawn_server(command, env, root / f"node-{k}.log"))
-            urls.append(f"http://127.0.0.1:{port}")
+        procs, urls = start_nodes(
+            root,
+            nodes,
+            database_url=database_url,
+            redis_url=redis_url,
+            secret=secret,
+            env={"TRIBUNE_COMMENT_BURST": "1000000", "TRIBUNE_DATABASE_POOL_MAX": "30"},
+            log_prefix="",
+        )
         for url in urls:
             await wait_http(url + "/readyz")
         sent_at: dict[int, float] = {}
@@ -292,13 +327,7 @@ async def run_tribune(
         await conn.close()
         return report
     finally:
-        for proc in procs:
-            proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_servers(procs)
         await asyncio.to_thread(services.stop)
 
 
@@ -369,11 +398,7 @@ async def run_baseline(
             viewer._close()
         return report
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_servers([proc], 15)
 
 
 async def bench_comments(

@@ -300,6 +300,34 @@ async def _write_definition(conn: asyncpg.Connection, poll_id: int, d: Definitio
         )
 
 
+# The columns of `polls` a definition sets, in the order `_settings` gives them.
+_SETTINGS = (
+    "kind",
+    "title",
+    "description",
+    "template",
+    "visibility",
+    "live_results",
+    "allow_change",
+    "threshold",
+    "eligible_tiers",
+)
+
+
+def _settings(d: Definition) -> tuple[Any, ...]:
+    return (
+        d.kind,
+        d.title,
+        d.description,
+        d.template,
+        d.visibility,
+        d.live_results,
+        d.allow_change,
+        d.threshold,
+        list(d.eligible_tiers),
+    )
+
+
 async def create(pool: asyncpg.Pool, session_id: str, spec: PollSpec, who: Principal) -> Poll:
     d = build(spec)
     async with pool.acquire() as conn, conn.transaction():
@@ -309,20 +337,11 @@ async def create(pool: asyncpg.Pool, session_id: str, spec: PollSpec, who: Princ
         if state == "ended":
             raise PollConflict("the session has ended; polls can no longer be added")
         poll_id = await conn.fetchval(
-            """INSERT INTO polls (session_id, kind, title, description, template, visibility, live_results,
-                                  allow_change, threshold, eligible_tiers, created_by)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id""",
+            f"""INSERT INTO polls (session_id, created_by, {", ".join(_SETTINGS)})
+                VALUES ($1, $2, {", ".join(f"${i}" for i in range(3, 3 + len(_SETTINGS)))}) RETURNING id""",
             session_id,
-            d.kind,
-            d.title,
-            d.description,
-            d.template,
-            d.visibility,
-            d.live_results,
-            d.allow_change,
-            d.threshold,
-            list(d.eligible_tiers),
             who.rep,
+            *_settings(d),
         )
         await _write_definition(conn, poll_id, d)
         await _audit(conn, who, "poll.create", poll_id, {"title": d.title, "kind": d.kind})
@@ -338,21 +357,8 @@ async def edit(pool: asyncpg.Pool, poll_id: int, spec: PollSpec, who: Principal)
             raise PollNotFound(f"no poll {poll_id}")
         if state != "draft":
             raise PollConflict(f"poll {poll_id} is {state}; only a draft can be edited")
-        await conn.execute(
-            """UPDATE polls SET kind = $2, title = $3, description = $4, template = $5, visibility = $6,
-                      live_results = $7, allow_change = $8, threshold = $9, eligible_tiers = $10
-                WHERE id = $1""",
-            poll_id,
-            d.kind,
-            d.title,
-            d.description,
-            d.template,
-            d.visibility,
-            d.live_results,
-            d.allow_change,
-            d.threshold,
-            list(d.eligible_tiers),
-        )
+        assignments = ", ".join(f"{c} = ${i}" for i, c in enumerate(_SETTINGS, 2))
+        await conn.execute(f"UPDATE polls SET {assignments} WHERE id = $1", poll_id, *_settings(d))
         await conn.execute("DELETE FROM poll_questions WHERE poll_id = $1", poll_id)
         await _write_definition(conn, poll_id, d)
         await _audit(conn, who, "poll.edit", poll_id, {"title": d.title})
@@ -538,7 +544,7 @@ class OnsiteCounts(msgspec.Struct, forbid_unknown_fields=True):
     counts: dict[str, dict[str, Annotated[int, Meta(ge=0, le=10_000_000)]]]
 
 
-async def set_onsite(pool: asyncpg.Pool, poll_id: int, body: OnsiteCounts, who: Principal) -> None:
+async def set_onsite(pool: asyncpg.Pool, poll_id: int, body: OnsiteCounts, who: Principal) -> Poll:
     """Record the hall's counts (replacing earlier ones for the options given) before publishing."""
     async with pool.acquire() as conn, conn.transaction():
         poll = await load(conn, poll_id)
@@ -562,6 +568,7 @@ async def set_onsite(pool: asyncpg.Pool, poll_id: int, body: OnsiteCounts, who: 
             [(*r, who.rep) for r in rows],
         )
         await _audit(conn, who, "poll.onsite", poll_id, {"counts": body.counts})
+        return poll
 
 
 def _int_key(raw: str | int, what: str) -> int:

@@ -16,7 +16,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -28,8 +27,8 @@ from typing import Any
 import asyncpg
 import psutil
 
-from config.services import EmbeddedServices, free_port
-from interaction.bench import percentiles, raise_fd_limit, spawn_server, wait_http
+from config.services import EmbeddedServices
+from interaction.bench import percentiles, raise_fd_limit, start_nodes, stop_servers, wait_http
 from recorder.migrate import migrate
 
 SESSION = "bench-votes"
@@ -135,24 +134,15 @@ async def run_system(
     try:
         poll, question, options = await _prepare(database_url, voters)
         secret = secrets.token_urlsafe(40)
-        base_env = {k: v for k, v in os.environ.items() if not k.startswith("TRIBUNE_")}
-        urls = []
-        for k in range(nodes):
-            port = free_port()
-            env = {
-                **base_env,
-                "TRIBUNE_DATABASE_URL": database_url,
-                "TRIBUNE_REDIS_URL": redis_url,
-                "TRIBUNE_JWT_SECRET": secret,
-                "TRIBUNE_NODE_ID": f"bench-{k}",
-                "TRIBUNE_LOG_LEVEL": "WARNING",
-                "TRIBUNE_DATABASE_POOL_MAX": "20",
-                "TRIBUNE_VOTE_BATCH_MAX": str(batch_max),
-            }
-            tribune = str(Path(sys.executable).with_name("tribune"))
-            command = [tribune, "serve", "--port", str(port), "--data-dir", str(root / f"node-{k}")]
-            procs.append(spawn_server(command, env, root / f"{label[:8]}-node-{k}.log"))
-            urls.append(f"http://127.0.0.1:{port}")
+        procs, urls = start_nodes(
+            root,
+            nodes,
+            database_url=database_url,
+            redis_url=redis_url,
+            secret=secret,
+            env={"TRIBUNE_DATABASE_POOL_MAX": "20", "TRIBUNE_VOTE_BATCH_MAX": str(batch_max)},
+            log_prefix=f"{label[:8]}-",
+        )
         for url in urls:
             await wait_http(url + "/readyz")
         cpus = ",".join(str(c) for c in range(1, os.cpu_count() or 2)) if (os.cpu_count() or 1) > 1 else ""
@@ -254,13 +244,7 @@ async def run_system(
             with contextlib.suppress(ProcessLookupError):
                 gen.kill()
             await gen.wait()
-        for proc in procs:
-            proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_servers(procs)
         await asyncio.to_thread(services.stop)
 
 
