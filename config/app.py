@@ -26,6 +26,7 @@ from interaction import server as live
 from recorder import api as recorder_api
 from recorder.db import create_pool
 from recorder.migrate import migrate
+from streaming import api as streaming_api
 
 log = logging.getLogger("tribune.app")
 
@@ -110,6 +111,7 @@ def create_app(settings: Settings) -> web.Application:
     app[keys.VERIFIER] = TokenVerifier.from_settings(settings)
     app.cleanup_ctx.extend([services_ctx, database_ctx, redis_ctx])
     live.attach(app)
+    streaming_api.attach(app)
     app.cleanup_ctx.append(health.monitor)
     health.add_routes(app)
     recorder_api.add_routes(app)

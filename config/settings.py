@@ -7,6 +7,7 @@ the key (as written in the file or the environment) and says what it accepts.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import socket
@@ -20,7 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 ENV_PREFIX = "TRIBUNE_"
-SECRET_FIELDS = frozenset({"jwt_secret"})
+SECRET_FIELDS = frozenset({"jwt_secret", "turn_password"})
 URL_FIELDS = frozenset({"database_url", "redis_url"})
 
 
@@ -83,6 +84,18 @@ class Settings:
 
     scoring_refresh: float = 300.0
     reminder_stream_maxlen: int = 10_000
+
+    ice_servers: tuple[str, ...] = ()
+    turn_username: str = ""
+    turn_password: str = ""
+    webrtc_host_addresses: tuple[str, ...] = ()
+    webrtc_handshake_timeout: float = 10.0
+    video_bitrate: int = 1_000_000
+    video_max_height: int = 720
+    keyframe_interval: float = 2.0
+    keyframe_debounce: float = 0.5
+    feed_lease: float = 10.0
+    whep_max_viewers: int = 1000
 
     @property
     def embedded_database(self) -> bool:
@@ -260,6 +273,26 @@ def _validated(s: Settings) -> Settings:
         fail("scoring_refresh", "must be 0..86400 seconds")
     if not 100 <= s.reminder_stream_maxlen <= 10_000_000:
         fail("reminder_stream_maxlen", "must be 100..10000000")
+    for server in s.ice_servers:
+        if not re.fullmatch(r"(stuns?|turns?):[^\s]+", server):
+            fail("ice_servers", f"{server!r} is not a stun:/turn: URL like stun:stun.example.org:3478")
+    for address in s.webrtc_host_addresses:
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            fail("webrtc_host_addresses", f"{address!r} is not an IP address")
+    if not 1 <= s.webrtc_handshake_timeout <= 120:
+        fail("webrtc_handshake_timeout", "must be 1..120 seconds")
+    if not 100_000 <= s.video_bitrate <= 20_000_000:
+        fail("video_bitrate", "must be 100000..20000000 bits per second")
+    if not 144 <= s.video_max_height <= 2160:
+        fail("video_max_height", "must be 144..2160 pixels")
+    if not 0.5 <= s.keyframe_interval <= 30 or not 0.05 <= s.keyframe_debounce <= 10:
+        fail("keyframe_interval", "need 0.5 <= keyframe_interval <= 30 and 0.05 <= keyframe_debounce <= 10")
+    if not 2 <= s.feed_lease <= 600:
+        fail("feed_lease", "must be 2..600 seconds")
+    if not 1 <= s.whep_max_viewers <= 100_000:
+        fail("whep_max_viewers", "must be 1..100000")
     if not 10 <= s.replay_limit <= 100_000:
         fail("replay_limit", "must be 10..100000")
     if s.max_upload_bytes < 1024:

@@ -165,3 +165,22 @@ class Tokens:
 def auth(settings: Settings) -> Tokens:
     """`auth("R1")` → headers of a representative; `auth.admin` → an admin's."""
     return Tokens(settings)
+
+
+def interfaces() -> list[str]:
+    """The network interfaces of this process's namespace (/proc/net/dev is per namespace)."""
+    lines = Path("/proc/net/dev").read_text().splitlines()[2:]
+    return sorted(line.split(":", 1)[0].strip() for line in lines)
+
+
+@pytest.fixture(scope="session")
+def loopback_only() -> None:
+    """WebRTC tests must not send a packet beyond loopback: they run only in a network
+    namespace holding nothing but `lo` (`python3 dev.py test` runs the suite in one)."""
+    found = interfaces()
+    if found != ["lo"]:
+        pytest.fail(
+            f"WebRTC tests need a network namespace with only lo, but this one has {', '.join(found)}; "
+            "run them with `python3 dev.py test` (or `unshare -n` and `ip link set lo up`)",
+            pytrace=False,
+        )

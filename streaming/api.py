@@ -1,0 +1,196 @@
+"""HTTP edge of the video paths: WHIP (RFC 9725) and WHEP ingest/egress, and the admin API
+of feeds and their stream keys (see docs/protocol.md)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from config import keys
+from config.auth import AuthError, Principal, require_role
+from config.errors import Unauthorized
+from config.web import caller, json_response, read_body, read_json
+from recorder import feeds as ledger
+from recorder import sessions
+from streaming import rtc
+from streaming.errors import FeedNotLive
+from streaming.hub import Streaming
+
+STREAMING: web.AppKey[Streaming] = web.AppKey("streaming")
+
+_METHODS = "POST, DELETE, PATCH, OPTIONS"
+_HEADERS = "Authorization, Content-Type, If-Match"
+_EXPOSED = "Location, Link, ETag, Accept-Patch"
+
+
+def _cors(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
+    """WHIP/WHEP clients on other origins (a page on the platform, a player) may call us
+    when the origin is allowed; OBS and other native clients send no Origin."""
+    origin = request.headers.get("Origin")
+    allowed = request.app[keys.SETTINGS].allowed_origins
+    if origin and ("*" in allowed or origin in allowed):
+        response.headers["Access-Control-Allow-Origin"] = "*" if "*" in allowed else origin
+        response.headers["Access-Control-Expose-Headers"] = _EXPOSED
+        if "*" not in allowed:
+            response.headers["Vary"] = "Origin"
+    return response
+
+
+async def preflight(request: web.Request) -> web.StreamResponse:
+    response = web.Response(status=204, headers={"Allow": _METHODS, "Accept-Post": rtc.SDP_TYPE})
+    if request.headers.get("Origin"):
+        response.headers["Access-Control-Allow-Methods"] = _METHODS
+        response.headers["Access-Control-Allow-Headers"] = _HEADERS
+        response.headers["Access-Control-Max-Age"] = "86400"
+    return _cors(request, response)
+
+
+def _bearer(request: web.Request, what: str) -> str:
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        raise Unauthorized(f"send the {what} as `Authorization: Bearer <{what}>`")
+    return value.strip()
+
+
+def _answer(request: web.Request, kind: str, feed_id: str, resource: str, sdp: str) -> web.StreamResponse:
+    response = web.Response(
+        status=201,
+        text=sdp,
+        content_type=rtc.SDP_TYPE,
+        headers={"Location": f"/{kind}/{feed_id}/{resource}", "ETag": f'"{resource}"'},
+    )
+    return _cors(request, response)
+
+
+async def _offer(request: web.Request, *, want_video: bool) -> str:
+    body = await read_body(request, limit=rtc.MAX_SDP_BYTES)
+    return rtc.read_offer(body, request.content_type, want_video=want_video)
+
+
+async def whip_publish(request: web.Request) -> web.StreamResponse:
+    feed_id = ledger.check_id(request.match_info["feed"])
+    key = _bearer(request, "stream key")
+    offer = await _offer(request, want_video=False)
+    feed = await ledger.authorize(request.app[keys.DB], feed_id, key)
+    ingest, answer = await request.app[STREAMING].publish(feed, offer)
+    return _answer(request, "whip", feed_id, ingest.resource, answer)
+
+
+async def whip_end(request: web.Request) -> web.StreamResponse:
+    feed_id = ledger.check_id(request.match_info["feed"])
+    key = _bearer(request, "stream key")
+    await ledger.authorize(request.app[keys.DB], feed_id, key)
+    hub = request.app[STREAMING]
+    ingest = hub.ingests.get(feed_id)
+    if ingest is None or ingest.resource != request.match_info["resource"]:
+        raise FeedNotLive(f"no live WHIP session {request.match_info['resource']!r} for feed {feed_id!r}")
+    await hub.end_ingest(ingest, "publisher_ended")
+    return _cors(request, web.Response(status=200))
+
+
+async def _viewer(request: web.Request, feed_id: str) -> tuple[Principal, str]:
+    """The caller, and the session of the feed they may watch (tier checked)."""
+    try:
+        who = caller(request)
+    except AuthError as exc:
+        raise Unauthorized(f"{exc.message}; WHEP needs the viewer's token as a bearer") from None
+    feed = await ledger.get(request.app[keys.DB], feed_id)
+    session = await sessions.get_for(request.app[keys.DB], feed["session_id"], who)
+    return who, str(session["id"])
+
+
+async def whep_view(request: web.Request) -> web.StreamResponse:
+    feed_id = ledger.check_id(request.match_info["feed"])
+    who, _ = await _viewer(request, feed_id)
+    offer = await _offer(request, want_video=True)
+    hub = request.app[STREAMING]
+    if hub.live_here(feed_id) is None:
+        owner = await hub.owner(feed_id)
+        if owner is None or owner["node"] == hub.node:
+            raise FeedNotLive(f"feed {feed_id!r} is not live; its page switches when it goes live")
+        location = f"{owner['url']}/whep/{feed_id}"
+        return _cors(request, web.Response(status=307, headers={"Location": location}))
+    has_audio = "m=audio" in offer
+    viewer, answer = await hub.view(feed_id, who.rep, offer, has_audio)
+    return _answer(request, "whep", feed_id, viewer.resource, answer)
+
+
+async def whep_end(request: web.Request) -> web.StreamResponse:
+    feed_id = ledger.check_id(request.match_info["feed"])
+    who, _ = await _viewer(request, feed_id)
+    hub = request.app[STREAMING]
+    viewer = hub.viewers.get(request.match_info["resource"])
+    if viewer is None or viewer.feed_id != feed_id or viewer.rep != who.rep:
+        raise FeedNotLive(f"no WHEP session {request.match_info['resource']!r} of yours on feed {feed_id!r}")
+    await hub.close_viewer(viewer)
+    return _cors(request, web.Response(status=200))
+
+
+async def no_trickle(request: web.Request) -> web.StreamResponse:
+    """Trickle ICE and ICE restarts are not supported: candidates travel in the offer."""
+    response = web.json_response(
+        {"error": {"code": "method_not_allowed", "message": "send all ICE candidates in the offer"}},
+        status=405,
+        headers={"Allow": "DELETE, OPTIONS"},
+    )
+    return _cors(request, response)
+
+
+# --- feeds and keys (admin) ---------------------------------------------------------------
+
+
+async def create_feed(request: web.Request) -> web.Response:
+    who = caller(request)
+    require_role(who, action="creating a feed")
+    spec = await read_json(request, ledger.FeedSpec, limit=4096)
+    feed, key = await ledger.create(request.app[keys.DB], spec, who.rep)
+    return json_response({"feed": feed, "key": key, "whip": f"/whip/{feed['id']}"}, status=201)
+
+
+async def rotate_key(request: web.Request) -> web.Response:
+    who = caller(request)
+    require_role(who, action="rotating a stream key")
+    feed, key = await ledger.rotate(request.app[keys.DB], request.match_info["feed"], who.rep)
+    return json_response({"feed": feed, "key": key})
+
+
+async def get_feed(request: web.Request) -> web.Response:
+    feed_id = ledger.check_id(request.match_info["feed"])
+    await _viewer(request, feed_id)
+    row = await ledger.get(request.app[keys.DB], feed_id)
+    return json_response({"feed": ledger.view(row), "whep": f"/whep/{feed_id}"})
+
+
+async def session_feeds(request: web.Request) -> web.Response:
+    who = caller(request)
+    session = await sessions.get_for(request.app[keys.DB], request.match_info["session"], who)
+    return json_response({"feeds": await ledger.list_for_session(request.app[keys.DB], session["id"])})
+
+
+def attach(app: web.Application) -> Streaming:
+    """Add WHIP/WHEP and the feed API to an app; the hub starts once PostgreSQL and Redis are up."""
+    hub = Streaming(app[keys.SETTINGS])
+    app[STREAMING] = hub
+
+    async def streaming_ctx(app: web.Application) -> AsyncIterator[None]:
+        await hub.start(app[keys.DB], app[keys.REDIS], app.get(keys.EVENT_SINK))
+        try:
+            yield
+        finally:
+            await hub.stop()
+
+    app.cleanup_ctx.append(streaming_ctx)
+    r = app.router
+    for kind, post, end in (("whip", whip_publish, whip_end), ("whep", whep_view, whep_end)):
+        r.add_post(f"/{kind}/{{feed}}", post)
+        r.add_route("OPTIONS", f"/{kind}/{{feed}}", preflight)
+        r.add_delete(f"/{kind}/{{feed}}/{{resource}}", end)
+        r.add_patch(f"/{kind}/{{feed}}/{{resource}}", no_trickle)
+        r.add_route("OPTIONS", f"/{kind}/{{feed}}/{{resource}}", preflight)
+    r.add_post("/api/feeds", create_feed)
+    r.add_get("/api/feeds/{feed}", get_feed)
+    r.add_post("/api/feeds/{feed}/key", rotate_key)
+    r.add_get("/api/sessions/{session}/feeds", session_feeds)
+    return hub

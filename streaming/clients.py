@@ -1,0 +1,185 @@
+"""WHIP and WHEP clients on aiortc: the test source publishes with `WhipPublisher`; tests
+and the benchmark watch with `WhepViewer`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import time
+from typing import Any
+
+import aiohttp
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.rtcrtpsender import RTCRtpSender
+from yarl import URL
+
+
+class WhipError(Exception):
+    """The server refused an offer; the message carries its status and error."""
+
+    def __init__(self, status: int, body: str) -> None:
+        super().__init__(f"{status}: {body}")
+        self.status = status
+        self.body = body
+
+
+def _h264(transceiver: Any) -> None:
+    codecs = RTCRtpSender.getCapabilities("video").codecs
+    transceiver.setCodecPreferences([c for c in codecs if c.mimeType in ("video/H264", "video/rtx")])
+
+
+class WhipPublisher:
+    """A WHIP client: offer, POST, answer; DELETE the resource to stop."""
+
+    def __init__(self, url: str, key: str, tracks: list[MediaStreamTrack]) -> None:
+        self.url = url
+        self.key = key
+        self.tracks = tracks
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.location: str | None = None
+
+    async def start(self, http: aiohttp.ClientSession) -> None:
+        for track in self.tracks:
+            transceiver = self.pc.addTransceiver(track, direction="sendonly")
+            if track.kind == "video":  # what the node re-encodes to anyway, and cheap to make
+                _h264(transceiver)
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        headers = {"Authorization": f"Bearer {self.key}", "Content-Type": "application/sdp"}
+        async with http.post(self.url, data=self.pc.localDescription.sdp, headers=headers) as response:
+            body = await response.text()
+            if response.status != 201:
+                await self.pc.close()
+                raise WhipError(response.status, body)
+            self.location = str(response.url.join(URL(response.headers["Location"])))
+        await self.pc.setRemoteDescription(RTCSessionDescription(body, "answer"))
+
+    async def stop(self, http: aiohttp.ClientSession | None = None) -> None:
+        if http is not None and self.location is not None:
+            with contextlib.suppress(aiohttp.ClientError):
+                async with http.delete(self.location, headers={"Authorization": f"Bearer {self.key}"}):
+                    pass
+        await self.pc.close()
+        for track in self.tracks:
+            track.stop()
+
+
+def is_keyframe(annexb: bytes) -> bool:
+    """An H.264 access unit holding an IDR slice (NAL type 5)."""
+    for start in (i + 3 for i in range(len(annexb) - 3) if annexb[i : i + 3] == b"\x00\x00\x01"):
+        if start < len(annexb) and annexb[start] & 0x1F == 5:
+            return True
+    return False
+
+
+class _FrameTap:
+    """Stands in for a receiver's decoder queue: counts the encoded frames it is given and
+    notes whether the first was a keyframe; passes them on to the decoder only if asked."""
+
+    def __init__(self, inner: queue.Queue[Any], decode: bool) -> None:
+        self.inner = inner
+        self.decode = decode
+        self.frames = 0
+        self.first_keyframe: bool | None = None
+        self.first_at: float | None = None
+
+    def put(self, item: Any) -> None:
+        if item is not None:
+            codec, frame = item
+            if codec.mimeType == "video/H264":
+                if self.first_keyframe is None:
+                    self.first_keyframe = is_keyframe(frame.data)
+                    self.first_at = time.monotonic()
+                self.frames += 1
+            if not self.decode:
+                return
+        self.inner.put(item)
+
+    def get(self) -> Any:  # the decoder thread reads through the tap
+        return self.inner.get()
+
+
+class WhepViewer:
+    """A WHEP client. `decode=False` counts the video frames that arrive without decoding
+    them (the benchmark's thousands of frames a second); `decoded` counts decoded ones."""
+
+    def __init__(self, url: str, token: str, *, audio: bool = True, decode: bool = True) -> None:
+        self.url = url
+        self.token = token
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.audio = audio
+        self.decode = decode
+        self.location: str | None = None
+        self.redirected_from: str | None = None
+        self.decoded = 0
+        self._tap: _FrameTap | None = None
+        self._readers: list[asyncio.Task[None]] = []
+
+    @property
+    def frames(self) -> int:
+        return self._tap.frames if self._tap else 0
+
+    @property
+    def first_keyframe(self) -> bool | None:
+        return self._tap.first_keyframe if self._tap else None
+
+    @property
+    def receiver(self) -> RTCRtpReceiver:
+        return next(t.receiver for t in self.pc.getTransceivers() if t.kind == "video")
+
+    async def start(self, http: aiohttp.ClientSession) -> None:
+        video = self.pc.addTransceiver("video", direction="recvonly")
+        _h264(video)
+        inner = video.receiver._RTCRtpReceiver__decoder_queue  # type: ignore[attr-defined]
+        self._tap = _FrameTap(inner, self.decode)
+        video.receiver._RTCRtpReceiver__decoder_queue = self._tap  # type: ignore[attr-defined]
+        if self.audio:
+            self.pc.addTransceiver("audio", direction="recvonly")
+
+        @self.pc.on("track")
+        def on_track(track: MediaStreamTrack) -> None:
+            self._readers.append(asyncio.create_task(self._read(track)))
+
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/sdp"}
+        url = self.url
+        for _ in range(3):
+            async with http.post(
+                url, data=self.pc.localDescription.sdp, headers=headers, allow_redirects=False
+            ) as response:
+                body = await response.text()
+                if response.status == 307:  # the feed's owner is another node
+                    self.redirected_from = url
+                    url = str(response.url.join(URL(response.headers["Location"])))
+                    continue
+                if response.status != 201:
+                    await self.pc.close()
+                    raise WhipError(response.status, body)
+                self.location = str(response.url.join(URL(response.headers["Location"])))
+                break
+        else:
+            await self.pc.close()
+            raise WhipError(508, "too many redirects")
+        await self.pc.setRemoteDescription(RTCSessionDescription(body, "answer"))
+
+    async def _read(self, track: MediaStreamTrack) -> None:
+        with contextlib.suppress(MediaStreamError, asyncio.CancelledError):
+            while True:
+                await track.recv()
+                if track.kind == "video":
+                    self.decoded += 1
+
+    async def request_keyframe(self) -> None:
+        """Send a PLI, as a browser does when it lost a picture."""
+        ssrc = next(iter(self.receiver._RTCRtpReceiver__remote_streams))  # type: ignore[attr-defined]
+        await self.receiver._send_rtcp_pli(ssrc)
+
+    async def stop(self, http: aiohttp.ClientSession | None = None) -> None:
+        if http is not None and self.location is not None:
+            with contextlib.suppress(aiohttp.ClientError):
+                async with http.delete(self.location, headers={"Authorization": f"Bearer {self.token}"}):
+                    pass
+        for reader in self._readers:
+            reader.cancel()
+        await self.pc.close()

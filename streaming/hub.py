@@ -1,0 +1,335 @@
+"""The video side of one node: the feeds it ingests (WHIP) and the viewers it serves (WHEP).
+
+A feed is ingested on one node, its owner, registered in Redis under `{prefix}feed:{id}`
+with a lease the owner renews; a WHEP request on another node is sent there with a 307.
+Every node sweeps the ledger for feeds recorded live whose registration has lapsed (the
+owner died) and ends them, so viewers' pages learn of it from the session's log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.exceptions import InvalidStateError, OperationError
+from redis.asyncio import Redis
+
+from config.keys import EventSink
+from config.settings import Settings
+from recorder import feeds as ledger
+from streaming import relay, rtc
+from streaming.broadcast import Broadcast
+from streaming.errors import BadOffer, FeedBusy, FeedNotLive, NodeFull
+
+log = logging.getLogger("tribune.streaming")
+
+_RENEW = """if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end"""
+_RELEASE = """if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1]) else return 0 end"""
+STALLED_SECONDS = 5.0
+
+
+def new_resource_id() -> str:
+    return secrets.token_urlsafe(16)
+
+
+@dataclass(eq=False)
+class Ingest:
+    feed_id: str
+    session_id: str
+    resource: str
+    pc: RTCPeerConnection
+    broadcast: Broadcast
+    claim: str  # the value of our Redis registration
+    live: bool = False
+    ended: bool = False
+
+
+@dataclass(eq=False)
+class Viewer:
+    feed_id: str
+    resource: str
+    rep: str
+    pc: RTCPeerConnection
+    tracks: list[relay.ViewerTrack] = field(default_factory=list)
+    created: float = field(default_factory=time.monotonic)
+    closed: bool = False
+
+
+class Streaming:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.node = settings.node_id
+        self.ingests: dict[str, Ingest] = {}  # by feed id
+        self.viewers: dict[str, Viewer] = {}  # by resource id
+        self._pool: asyncpg.Pool | None = None
+        self._redis: Redis | None = None
+        self._sink: EventSink | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._loops: list[asyncio.Task[None]] = []
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        assert self._pool is not None, "streaming is not started"
+        return self._pool
+
+    @property
+    def redis(self) -> Redis:
+        assert self._redis is not None, "streaming is not started"
+        return self._redis
+
+    async def start(self, pool: asyncpg.Pool, redis: Redis, sink: EventSink | None) -> None:
+        self._pool, self._redis, self._sink = pool, redis, sink
+        rtc.limit_host_addresses(self.settings.webrtc_host_addresses)
+        for session_id, appended in await ledger.end_all_of(pool, self.node, "node_restarted"):
+            await self._committed(session_id, appended)
+        self._loops = [
+            asyncio.create_task(self._renew_loop(), name="feed leases"),
+            asyncio.create_task(self._sweep_loop(), name="feed sweeper"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._loops:
+            task.cancel()
+        for viewer in tuple(self.viewers.values()):
+            await self.close_viewer(viewer)
+        for ingest in tuple(self.ingests.values()):
+            await self.end_ingest(ingest, "node_stopped")
+        for task in tuple(self._tasks):
+            task.cancel()
+        for task in (*self._loops, *self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _committed(self, session_id: str, appended: Sequence[Any]) -> None:
+        if self._sink is not None and appended:
+            await self._sink.committed(session_id, appended)
+
+    def _key(self, feed_id: str) -> str:
+        return f"{self.settings.redis_prefix}feed:{feed_id}"
+
+    def _lease_ms(self) -> int:
+        return int(self.settings.feed_lease * 1000)
+
+    async def owner(self, feed_id: str) -> dict[str, str] | None:
+        raw = await self.redis.get(self._key(feed_id))
+        if raw is None:
+            return None
+        value: dict[str, str] = json.loads(raw)
+        return value
+
+    # --- ingest (WHIP) -----------------------------------------------------------------------
+
+    async def publish(self, feed: asyncpg.Record, offer: str) -> tuple[Ingest, str]:
+        """Answer a publisher's offer; the feed is claimed for this node first, so a second
+        publisher gets FeedBusy while the first is live."""
+        feed_id = feed["id"]
+        if feed_id in self.ingests:
+            raise FeedBusy(f"feed {feed_id!r} is live from this node; one publisher per feed")
+        resource = new_resource_id()
+        claim = json.dumps({"node": self.node, "url": self.settings.base_url, "resource": resource})
+        if not await self.redis.set(self._key(feed_id), claim, nx=True, px=self._lease_ms()):
+            holder = await self.owner(feed_id)
+            where = holder["node"] if holder else "another node"
+            raise FeedBusy(f"feed {feed_id!r} is live from {where}; one publisher per feed")
+        pc = RTCPeerConnection(rtc.configuration(self.settings))
+        broadcast = Broadcast(
+            feed_id,
+            bitrate=self.settings.video_bitrate,
+            max_height=self.settings.video_max_height,
+            keyframe_interval=self.settings.keyframe_interval,
+            keyframe_debounce=self.settings.keyframe_debounce,
+        )
+        ingest = Ingest(feed_id, feed["session_id"], resource, pc, broadcast, claim)
+        self.ingests[feed_id] = ingest
+        try:
+            answer = await self._answer_publisher(ingest, offer)
+        except BaseException:
+            await self.end_ingest(ingest, "refused")
+            raise
+        self._spawn(self._handshake_deadline(ingest), f"whip {feed_id} handshake")
+        return ingest, answer
+
+    async def _answer_publisher(self, ingest: Ingest, offer: str) -> str:
+        pc = ingest.pc
+
+        @pc.on("track")
+        def on_track(track: Any) -> None:
+            ingest.broadcast.consume(track)
+
+        @pc.on("connectionstatechange")
+        async def on_state() -> None:
+            if pc.connectionState == "connected" and not ingest.live and not ingest.ended:
+                ingest.live = True
+                self._spawn(self._went_live(ingest), f"whip {ingest.feed_id} live")
+            elif pc.connectionState in ("failed", "closed"):
+                self._spawn(self.end_ingest(ingest, "disconnected"), f"whip {ingest.feed_id} end")
+
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(offer, "offer"))
+        except (ValueError, OperationError, InvalidStateError) as exc:
+            raise BadOffer(f"the offer cannot be answered: {exc}") from None
+        kinds = {t.kind for t in pc.getTransceivers()}
+        if "video" not in kinds:
+            raise BadOffer("the offer sends no video; publish one video track (and optionally audio)")
+        for transceiver in pc.getTransceivers():
+            transceiver.direction = "recvonly"
+        await pc.setLocalDescription(await pc.createAnswer())
+        return str(pc.localDescription.sdp)
+
+    async def _went_live(self, ingest: Ingest) -> None:
+        session_id, appended = await ledger.mark_live(self.pool, ingest.feed_id, self.node)
+        await self._committed(session_id, appended)
+        log.info("feed %s is live", ingest.feed_id)
+        self._spawn(self._watch_encoder(ingest), f"whip {ingest.feed_id} encoder")
+
+    async def _watch_encoder(self, ingest: Ingest) -> None:
+        await ingest.broadcast.ended.wait()
+        await self.end_ingest(ingest, "publisher_stopped")
+
+    async def _handshake_deadline(self, ingest: Ingest | Viewer) -> None:
+        await asyncio.sleep(self.settings.webrtc_handshake_timeout)
+        if ingest.pc.connectionState != "connected":
+            if isinstance(ingest, Ingest):
+                await self.end_ingest(ingest, "handshake_timeout")
+            else:
+                await self.close_viewer(ingest)
+
+    async def end_ingest(self, ingest: Ingest, reason: str) -> None:
+        if ingest.ended:
+            return
+        ingest.ended = True
+        if self.ingests.get(ingest.feed_id) is ingest:
+            del self.ingests[ingest.feed_id]
+        await ingest.broadcast.stop()
+        await ingest.pc.close()
+        for viewer in [v for v in self.viewers.values() if v.feed_id == ingest.feed_id]:
+            await self.close_viewer(viewer)
+        try:
+            await self.redis.eval(_RELEASE, 1, self._key(ingest.feed_id), ingest.claim)
+            if ingest.live and (
+                ended := await ledger.mark_ended(self.pool, ingest.feed_id, self.node, reason)
+            ):
+                await self._committed(*ended)
+        except Exception as exc:  # the sweeper ends it once the lease lapses
+            log.warning("feed %s: could not record its end now (%r); the sweeper will", ingest.feed_id, exc)
+        log.info("feed %s ended: %s", ingest.feed_id, reason)
+
+    async def _renew_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.feed_lease / 3)
+            for ingest in tuple(self.ingests.values()):
+                try:
+                    kept = await self.redis.eval(
+                        _RENEW, 1, self._key(ingest.feed_id), ingest.claim, str(self._lease_ms())
+                    )
+                except Exception as exc:
+                    log.warning("feed %s: lease not renewed: %r", ingest.feed_id, exc)
+                    continue
+                if not kept:
+                    log.warning("feed %s: registration lost; ending it here", ingest.feed_id)
+                    await self.end_ingest(ingest, "registration_lost")
+            self._close_stalled()
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.feed_lease)
+            try:
+                await self.sweep()
+            except Exception as exc:
+                log.warning("feed sweep failed: %r", exc)
+
+    async def sweep(self) -> None:
+        """End feeds the ledger says are live whose owner no longer holds them."""
+        rows = await self.pool.fetch("SELECT id, node FROM feeds WHERE state = 'live'")
+        for row in rows:
+            if row["node"] == self.node and row["id"] in self.ingests:
+                continue
+            if await self.redis.exists(self._key(row["id"])):
+                continue
+            if ended := await ledger.mark_ended(self.pool, row["id"], row["node"], "owner_lost"):
+                log.warning("feed %s: its node %s is gone; marked ended", row["id"], row["node"])
+                await self._committed(*ended)
+
+    # --- viewers (WHEP) ----------------------------------------------------------------------
+
+    def live_here(self, feed_id: str) -> Ingest | None:
+        ingest = self.ingests.get(feed_id)
+        return ingest if ingest is not None and ingest.live and not ingest.ended else None
+
+    async def view(self, feed_id: str, rep: str, offer: str, has_audio: bool) -> tuple[Viewer, str]:
+        ingest = self.live_here(feed_id)
+        if ingest is None:
+            raise FeedNotLive(f"feed {feed_id!r} is not live on this node")
+        if len(self.viewers) >= self.settings.whep_max_viewers:
+            raise NodeFull("this node serves as many viewers as it may; try again shortly")
+        broadcast = ingest.broadcast
+        pc = RTCPeerConnection(rtc.configuration(self.settings))
+        viewer = Viewer(feed_id, new_resource_id(), rep, pc)
+        self.viewers[viewer.resource] = viewer
+        try:
+            for kind in ("video", "audio") if has_audio else ("video",):
+                track = relay.ViewerTrack(kind, broadcast.request_keyframe)
+                transceiver = pc.addTransceiver(track, direction="sendonly")
+                rtc.prefer_sent_codecs(transceiver)
+                relay.share(transceiver.sender, broadcast.request_keyframe)
+                viewer.tracks.append(track)
+            try:
+                await pc.setRemoteDescription(RTCSessionDescription(offer, "offer"))
+            except OperationError:
+                raise BadOffer(
+                    "the offer has no H.264 (packetization-mode=1) video or no Opus audio; "
+                    "in a browser, call transceiver.setCodecPreferences() with the H.264 codecs"
+                ) from None
+            except (ValueError, InvalidStateError) as exc:
+                raise BadOffer(f"the offer cannot be answered: {exc}") from None
+            await pc.setLocalDescription(await pc.createAnswer())
+        except BaseException:
+            await self.close_viewer(viewer)
+            raise
+
+        @pc.on("connectionstatechange")
+        async def on_state() -> None:
+            if pc.connectionState in ("failed", "closed"):
+                await self.close_viewer(viewer)
+
+        for track in viewer.tracks:
+            broadcast.add(track)
+        self._spawn(self._handshake_deadline(viewer), f"whep {viewer.resource} handshake")
+        return viewer, str(pc.localDescription.sdp)
+
+    async def close_viewer(self, viewer: Viewer) -> None:
+        if viewer.closed:
+            return
+        viewer.closed = True
+        self.viewers.pop(viewer.resource, None)
+        if (ingest := self.ingests.get(viewer.feed_id)) is not None:
+            for track in viewer.tracks:
+                ingest.broadcast.remove(track)
+        for track in viewer.tracks:
+            track.stop()
+        await viewer.pc.close()
+
+    def _close_stalled(self) -> None:
+        now = time.monotonic()
+        for viewer in tuple(self.viewers.values()):
+            if any(t.full_since is not None and now - t.full_since > STALLED_SECONDS for t in viewer.tracks):
+                log.info("viewer %s of feed %s is stalled; closing it", viewer.resource, viewer.feed_id)
+                self._spawn(self.close_viewer(viewer), f"whep {viewer.resource} stalled")

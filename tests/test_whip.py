@@ -1,0 +1,162 @@
+"""WHIP ingest and WHEP viewing with real aiortc peers on loopback (see conftest's
+`loopback_only`): one publisher, encoded once, watched by several viewers."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import Any
+
+import aiohttp
+import pytest
+
+from config.auth import Role
+from config.settings import Settings
+from streaming.api import STREAMING
+from streaming.clients import WhepViewer, WhipError, WhipPublisher
+from streaming.testsrc import PatternVideo, Tone
+from tests.live import Viewer
+from tests.test_polls import live_session
+
+pytestmark = pytest.mark.usefixtures("loopback_only")
+
+SESSION = "inquiry-1"
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    return settings.replace(
+        webrtc_host_addresses=("127.0.0.1",), webrtc_handshake_timeout=5.0, keyframe_debounce=0.5
+    )
+
+
+async def make_feed(client: Any, auth: Any, feed: str = "main", session: str = SESSION) -> str:
+    r = await client.post("/api/feeds", json={"id": feed, "session": session}, headers=auth.admin)
+    assert r.status == 201, await r.text()
+    body = await r.json()
+    assert body["feed"]["state"] == "idle" and body["key"].startswith("tsk_")
+    return str(body["key"])
+
+
+def bearer(headers: dict[str, str]) -> str:
+    return headers["Authorization"].removeprefix("Bearer ")
+
+
+async def until(condition: Any, seconds: float = 15) -> None:
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("timed out waiting for the condition")
+        await asyncio.sleep(0.05)
+
+
+async def test_one_encoder_three_viewers(client: Any, auth: Any, db: Any) -> None:
+    await live_session(client, auth, db)
+    key = await make_feed(client, auth)
+    base = str(client.make_url(""))
+    page = Viewer(base, bearer(auth("R2")), SESSION)
+    await page.connect()
+    publisher = WhipPublisher(f"{base}/whip/main", key, [PatternVideo(), Tone()])
+    viewers: list[WhepViewer] = []
+    async with aiohttp.ClientSession() as http:
+        try:
+            await publisher.start(http)
+            await page.wait(lambda: bool(page.of_type("feed.live")), seconds=15)
+            hub = client.server.app[STREAMING]
+            broadcast = hub.ingests["main"].broadcast
+            for rep in ("R1", "R2"):
+                viewer = WhepViewer(f"{base}/whep/main", bearer(auth(rep)))
+                await viewer.start(http)
+                viewers.append(viewer)
+            await until(lambda: all(v.decoded >= 30 for v in viewers))
+            await asyncio.sleep(1.0)
+            late = WhepViewer(f"{base}/whep/main", bearer(auth("R3")))
+            await late.start(http)
+            viewers.append(late)
+            await until(lambda: late.decoded >= 15)
+            assert all(v.first_keyframe for v in viewers)  # everyone starts at a keyframe
+            assert broadcast.video.context is not None  # one encoder for the feed
+            assert len(broadcast.sinks) == 6  # each viewer's audio and video, fed by it
+
+            # A storm of PLIs: the encoder makes at most one keyframe per debounce window.
+            await asyncio.sleep(1.0)
+            requests, forced = broadcast.keyframe_requests, broadcast.keyframes_forced
+            started = asyncio.get_running_loop().time()
+            for n in range(30):
+                await viewers[n % 3].request_keyframe()
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.6)
+            window = asyncio.get_running_loop().time() - started
+            assert broadcast.keyframe_requests - requests == 30  # every PLI reached the encoder
+            made = broadcast.keyframes_forced - forced
+            assert 2 <= made <= math.ceil(window / 0.5) + 1, (made, window)
+            before = [v.decoded for v in viewers]
+            await until(lambda: all(v.decoded > b + 10 for v, b in zip(viewers, before, strict=True)))
+
+            # The publisher stops: the feed ends for everyone, every peer is freed.
+            await publisher.stop(http)
+            await page.wait(lambda: bool(page.of_type("feed.ended")), seconds=15)
+            assert page.of_type("feed.ended")[0]["data"] == {"feed": "main", "reason": "publisher_ended"}
+            await until(lambda: not hub.viewers and not hub.ingests)
+            row = await db.fetchrow("SELECT state, node FROM feeds WHERE id = 'main'")
+            assert (row["state"], row["node"]) == ("ended", None)
+        finally:
+            for viewer in viewers:
+                await viewer.stop(http)
+            await publisher.stop()
+            await page.close()
+
+
+async def test_one_publisher_per_feed_and_keys(client: Any, auth: Any, db: Any) -> None:
+    await live_session(client, auth, db)
+    key = await make_feed(client, auth)
+    base = str(client.make_url(""))
+    async with aiohttp.ClientSession() as http:
+        first = WhipPublisher(f"{base}/whip/main", key, [PatternVideo()])
+        second = WhipPublisher(f"{base}/whip/main", key, [PatternVideo()])
+        try:
+            await first.start(http)
+            with pytest.raises(WhipError) as refused:
+                await second.start(http)
+            assert refused.value.status == 409 and "one publisher per feed" in refused.value.body
+            # A rotated key shuts the old one out; the live publisher is not cut off.
+            r = await client.post("/api/feeds/main/key", headers=auth.admin)
+            assert r.status == 200
+            new_key = (await r.json())["key"]
+            wrong = WhipPublisher(f"{base}/whip/main", key, [PatternVideo()])
+            with pytest.raises(WhipError) as refused:
+                await wrong.start(http)
+            assert refused.value.status == 401
+            assert client.server.app[STREAMING].ingests["main"].resource in str(first.location)
+            first.key = new_key
+        finally:
+            await first.stop(http)
+        hub = client.server.app[STREAMING]
+        await until(lambda: not hub.ingests)
+        assert await hub.owner("main") is None  # the registration is released with the feed
+        again = WhipPublisher(f"{base}/whip/main", new_key, [PatternVideo()])
+        try:
+            await again.start(http)  # free once the first has ended
+        finally:
+            await again.stop(http)
+
+
+async def test_only_admins_manage_feeds(client: Any, auth: Any, db: Any) -> None:
+    await live_session(client, auth, db)
+    r = await client.post("/api/feeds", json={"id": "main", "session": SESSION}, headers=auth("R1"))
+    assert r.status == 403
+    r = await client.post("/api/feeds", json={"id": "Main!", "session": SESSION}, headers=auth.admin)
+    assert r.status == 422 and "id" in (await r.json())["error"]["message"]
+    r = await client.post("/api/feeds", json={"id": "main", "session": "nope"}, headers=auth.admin)
+    assert r.status == 404
+    await make_feed(client, auth)
+    r = await client.post("/api/feeds", json={"id": "main", "session": SESSION}, headers=auth.admin)
+    assert r.status == 409
+    r = await client.get(f"/api/sessions/{SESSION}/feeds", headers=auth("R1"))
+    assert [f["id"] for f in (await r.json())["feeds"]] == ["main"]
+    stored = await db.fetchval("SELECT stream_key_hash FROM feeds WHERE id = 'main'")
+    assert len(stored) == 64 and not stored.startswith("tsk_")  # only the digest is kept
+    actions = await db.fetch("SELECT action FROM audit_log WHERE target = 'main'")
+    assert [a["action"] for a in actions] == ["feed.create"]
+    r = await client.post("/api/feeds/main/key", headers=auth("H1", Role.HOST))
+    assert r.status == 403
