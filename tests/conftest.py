@@ -184,3 +184,6 @@ def loopback_only() -> None:
             "run them with `python3 dev.py test` (or `unshare -n` and `ip link set lo up`)",
             pytrace=False,
         )
+    from streaming.rtc import limit_host_addresses
+
+    limit_host_addresses(("127.0.0.1",))  # aioice skips loopback unless told; it is all there is here

@@ -160,3 +160,93 @@ async def test_only_admins_manage_feeds(client: Any, auth: Any, db: Any) -> None
     assert [a["action"] for a in actions] == ["feed.create"]
     r = await client.post("/api/feeds/main/key", headers=auth("H1", Role.HOST))
     assert r.status == 403
+
+
+async def offer_from(kinds: tuple[str, ...] = ("video",), h264: bool = True) -> str:
+    """A real offer from an aiortc peer (closed straight after): what a client would send."""
+    from aiortc import RTCConfiguration, RTCPeerConnection
+    from aiortc.rtcrtpsender import RTCRtpSender
+
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    for kind in kinds:
+        transceiver = pc.addTransceiver(kind, direction="recvonly")
+        if kind == "video" and not h264:
+            codecs = RTCRtpSender.getCapabilities("video").codecs
+            transceiver.setCodecPreferences([c for c in codecs if c.mimeType == "video/VP8"])
+    await pc.setLocalDescription(await pc.createOffer())
+    sdp = str(pc.localDescription.sdp)
+    await pc.close()
+    return sdp
+
+
+async def test_bad_input_is_refused_and_leaves_nothing(client: Any, auth: Any, db: Any) -> None:
+    await live_session(client, auth, db)
+    key = await make_feed(client, auth)
+    hub = client.server.app[STREAMING]
+    good = await offer_from()
+    sdp = {"Content-Type": "application/sdp"}
+    with_key = {**sdp, "Authorization": f"Bearer {key}"}
+
+    async def refused(path: str, status: int, fragment: str, body: Any = good, **headers: str) -> None:
+        r = await client.post(path, data=body, headers=headers)
+        text = await r.text()
+        assert r.status == status, text
+        assert fragment in (await r.json())["error"]["message"], text
+
+    await refused("/whip/main", 401, "Authorization: Bearer", **sdp)
+    await refused("/whip/main", 401, "not the stream key", **{**sdp, "Authorization": "Bearer tsk_wrong"})
+    await refused("/whip/nope", 404, "no feed 'nope'", **with_key)
+    await refused(
+        "/whip/main", 400, "Content-Type: application/sdp", **{**with_key, "Content-Type": "text/plain"}
+    )
+    await refused("/whip/main", 400, "must start with v=0", body="hello", **with_key)
+    await refused("/whip/main", 413, "limit", body="v=0\r\n" + "a=x\r\n" * 20_000, **with_key)
+    await refused("/whip/main", 400, "not UTF-8", body=b"v=0\r\n\xff\xfe", **with_key)
+    no_ice = "\r\n".join(line for line in good.split("\r\n") if not line.startswith("a=ice-ufrag"))
+    await refused("/whip/main", 400, "ICE credentials", body=no_ice, **with_key)
+    many = good + "".join(good[good.index("m=video") :] for _ in range(4))
+    await refused("/whip/main", 400, "m-lines", body=many, **with_key)
+    await refused("/whip/main", 400, "sends no video", body=await offer_from(("audio",)), **with_key)
+
+    viewer = {**sdp, **auth("R1")}
+    await refused("/whep/main", 401, "bearer", **sdp)
+    await refused("/whep/main", 404, "not live", **viewer)
+    await refused("/whep/main", 400, "no video m-line", body=await offer_from(("audio",)), **viewer)
+    assert not hub.ingests and not hub.viewers and await hub.owner("main") is None
+
+    # Live now: a viewer offer without H.264 is told what to do; nothing stays behind.
+    async with aiohttp.ClientSession() as http:
+        publisher = WhipPublisher(f"{client.make_url('')}/whip/main", key, [PatternVideo()])
+        try:
+            await publisher.start(http)
+            await until(lambda: hub.live_here("main") is not None)
+            await refused(
+                "/whep/main", 400, "setCodecPreferences", body=await offer_from(h264=False), **viewer
+            )
+            await refused("/whep/main", 404, "no session", **{**sdp, **auth("OUTSIDER", Role.REPRESENTATIVE)})
+            assert not hub.viewers
+        finally:
+            await publisher.stop(http)
+
+    r = await client.patch("/whip/main/whatever", data="a=candidate", headers=with_key)
+    assert r.status == 405
+    r = await client.options("/whip/main", headers={"Origin": "https://evil.example"})
+    assert r.status == 204 and "POST" in r.headers["Allow"]
+    assert "Access-Control-Allow-Origin" not in r.headers  # not an allowed origin
+
+
+async def test_a_publisher_that_never_connects_is_let_go(client: Any, auth: Any, db: Any) -> None:
+    await live_session(client, auth, db)
+    key = await make_feed(client, auth)
+    hub = client.server.app[STREAMING]
+    sdp = await offer_from()  # its peer is gone: ICE never completes
+    offer = sdp.replace("a=recvonly", "a=sendonly")
+    headers = {"Content-Type": "application/sdp", "Authorization": f"Bearer {key}"}
+    r = await client.post("/whip/main", data=offer, headers=headers)
+    assert r.status == 201, await r.text()
+    assert r.headers["Location"].startswith("/whip/main/")
+    assert (await r.text()).startswith("v=0")
+    assert "main" in hub.ingests and await hub.owner("main") is not None
+    await until(lambda: not hub.ingests, seconds=15)  # handshake timeout (5 s here)
+    assert await hub.owner("main") is None
+    assert await db.fetchval("SELECT state FROM feeds WHERE id = 'main'") == "idle"  # never went live
