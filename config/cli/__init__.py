@@ -6,7 +6,7 @@ import argparse
 import sys
 from types import ModuleType
 
-from config.cli import bench, check_config, demo, import_roster, migrate, report, scores, serve, token
+from config.cli import bench, check_config, demo, feed, import_roster, migrate, report, scores, serve, token
 from config.errors import TribuneError
 from config.settings import SettingsError
 
@@ -19,6 +19,7 @@ COMMANDS: dict[str, ModuleType] = {
     "import-roster": import_roster,
     "report": report,
     "scores": scores,
+    "feed": feed,
     "bench": bench,
 }
 

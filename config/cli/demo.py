@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import logging
 import random
@@ -19,12 +20,13 @@ from config.auth import Role, mint_token, with_signing_key
 from config.cli.common import add_settings_flags, progress, settings_from
 from config.cli.serve import run_node
 from config.logs import setup_logging
-from recorder import roster, sessions
+from recorder import feeds, roster, sessions
 from recorder.errors import SessionConflict
 
 log = logging.getLogger("tribune.demo")
 
 DEMO_SESSION = "demo-inquiry"
+DEMO_FEED = "demo-main"
 DEMO_REPS = 300
 _SURNAMES = (
     "王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗郑梁谢宋唐许韩冯邓曹彭曾肖田董袁潘于蒋蔡余杜叶程苏魏吕丁任沈"
@@ -78,13 +80,32 @@ def demo_session_spec(now: datetime) -> sessions.SessionSpec:
     )
 
 
-async def seed(pool: asyncpg.Pool) -> None:
-    """Load the demo roster and session; a second run changes nothing."""
+async def seed(pool: asyncpg.Pool) -> str:
+    """Load the demo roster, session and feed; returns the feed's stream key (a new one on
+    every run, since only its digest is kept)."""
     reps = demo_roster()
     async with pool.acquire() as conn, conn.transaction():
         await roster.upsert(conn, reps, progress=progress("demo roster", len(reps)), chunk=100)
     with contextlib.suppress(SessionConflict):  # kept from an earlier run
         await sessions.create(pool, demo_session_spec(datetime.now(UTC)), "demo")
+    try:
+        _, key = await feeds.create(pool, feeds.FeedSpec(id=DEMO_FEED, session=DEMO_SESSION), "demo")
+    except feeds.FeedExists:
+        _, key = await feeds.rotate(pool, DEMO_FEED, "demo")
+    return key
+
+
+async def publish_demo_feed(url: str, key: str) -> None:
+    """The test pattern as the demo session's video, published once the node listens."""
+    from streaming.testsrc import publish_test_pattern
+
+    await asyncio.sleep(1.0)
+    try:
+        await publish_test_pattern(url, key)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        log.warning("the demo feed could not be published: %s", exc)
 
 
 def demo_links(app: web.Application) -> list[tuple[str, str]]:
@@ -124,17 +145,29 @@ def run(args: argparse.Namespace) -> int:
     setup_logging(settings.log_level)
     app = create_app(settings)
 
+    publishing: list[asyncio.Task[None]] = []
+
     async def on_startup(app: web.Application) -> None:
-        await seed(app[keys.DB])
+        key = await seed(app[keys.DB])
+        whip = f"{settings.base_url}/whip/{DEMO_FEED}"
+        publishing.append(asyncio.create_task(publish_demo_feed(whip, key)))
         lines = ["", "Tribune demo is running. Open:"]
         lines += [f"  {label}:\n    {url}" for label, url in demo_links(app)]
         lines += [
+            f"  video: the test pattern is published to {whip} (WHEP: {settings.base_url}/whep/{DEMO_FEED})",
             f"  health: {settings.base_url}/readyz   metrics: {settings.base_url}/metrics",
             "Stop with Ctrl-C; the data stays in " + str(data_dir),
             "",
         ]
         print("\n".join(lines), flush=True)
 
+    async def on_shutdown(app: web.Application) -> None:
+        for task in publishing:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
     app.on_startup.append(on_startup)
+    app.on_shutdown.insert(0, on_shutdown)
     run_node(settings, app)
     return 0
