@@ -34,6 +34,13 @@ def add_parser(sub: Any, name: str) -> None:
     v.add_argument("--rate", type=float, default=2000.0, help="votes arriving per second; 0: all at once")
     v.add_argument("--no-baseline", action="store_true", help="skip the one-commit-per-vote baseline")
     v.add_argument("--json", action="store_true", help="print only the JSON (the default output anyway)")
+    w = kinds.add_parser(
+        "whep", help="WHEP viewers of one feed: encode once vs aiortc's one encoder per viewer"
+    )
+    w.add_argument("--viewers", type=int, default=200, help="WHEP viewers of the feed (default 200)")
+    w.add_argument("--seconds", type=float, default=20.0, help="seconds of counting frames (default 20)")
+    w.add_argument("--no-baseline", action="store_true", help="skip the one-encoder-per-viewer baseline")
+    w.add_argument("--json", action="store_true", help="print only the JSON (the default output anyway)")
     s = kinds.add_parser(
         "scoring", help="a year of generated facts: time to rescore, rank, remind and report"
     )
@@ -66,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
         return _votes(args)
     if args.bench == "scoring":
         return run_scoring(args)
+    if args.bench == "whep":
+        return _whep(args)
     from interaction.bench import bench_comments
 
     if args.clients < 1 or args.nodes < 1 or args.rate <= 0 or args.duration <= 0:
@@ -111,6 +120,28 @@ def _votes(args: argparse.Namespace) -> int:
             rate=args.rate,
             baseline=not args.no_baseline,
             progress=progress,
+        )
+    )
+    print(json.dumps(result, indent=2, ensure_ascii=False))
+    return 0
+
+
+def _whep(args: argparse.Namespace) -> int:
+    from interaction.bench import raise_fd_limit
+    from streaming.bench import bench_whep
+
+    if not 1 <= args.viewers <= 2000 or not 2 <= args.seconds <= 3600:
+        print("tribune: --viewers must be 1..2000 and --seconds 2..3600", file=sys.stderr)
+        return 2
+    raise_fd_limit()
+
+    def progress(stage: str) -> None:
+        if sys.stderr.isatty():
+            print(stage, file=sys.stderr, flush=True)
+
+    result = asyncio.run(
+        bench_whep(
+            viewers=args.viewers, seconds=args.seconds, baseline=not args.no_baseline, progress=progress
         )
     )
     print(json.dumps(result, indent=2, ensure_ascii=False))
