@@ -68,6 +68,22 @@ class Metrics:
         self.live_clients = Gauge(
             "tribune_live_clients", "Socket.IO clients connected to this node", registry=self.registry
         )
+        self.feed_frames = Counter(
+            "tribune_feed_frames_total",
+            "Video frames received from publishers (each encoded once)",
+            ["feed"],
+            registry=self.registry,
+        )
+        self.keyframes = Counter(
+            "tribune_keyframes_total",
+            "Keyframes the feed encoders made, on their interval or asked for by viewers",
+            ["cause"],
+            registry=self.registry,
+        )
+        self.whep_viewers = Gauge(
+            "tribune_whep_viewers", "WHEP viewers served by this node", registry=self.registry
+        )
+        self.feeds_live = Gauge("tribune_feeds_live", "Feeds this node ingests", registry=self.registry)
 
     def render(self) -> bytes:
         return bytes(generate_latest(self.registry))

@@ -171,7 +171,7 @@ async def session_feeds(request: web.Request) -> web.Response:
 
 def attach(app: web.Application) -> Streaming:
     """Add WHIP/WHEP and the feed API to an app; the hub starts once PostgreSQL and Redis are up."""
-    hub = Streaming(app[keys.SETTINGS])
+    hub = Streaming(app[keys.SETTINGS], app[keys.METRICS])
     app[STREAMING] = hub
 
     async def streaming_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
@@ -27,6 +28,22 @@ class Relay:
 
 
 STATE: web.AppKey[Relay] = web.AppKey("relay")
+
+
+class Counted(MediaStreamTrack):
+    """The publisher's video, counting its frames (what the publisher sent)."""
+
+    kind = "video"
+    frames = 0
+
+    def __init__(self, source: MediaStreamTrack) -> None:
+        super().__init__()
+        self.source = source
+
+    async def recv(self) -> Any:
+        frame = await self.source.recv()
+        Counted.frames += 1
+        return frame
 
 
 def _pc(app: web.Application) -> RTCPeerConnection:
@@ -47,7 +64,7 @@ async def whip(request: web.Request) -> web.Response:
 
     @pc.on("track")
     def on_track(track: MediaStreamTrack) -> None:
-        request.app[STATE].source[track.kind] = track
+        request.app[STATE].source[track.kind] = Counted(track) if track.kind == "video" else track
 
     await pc.setRemoteDescription(RTCSessionDescription(await request.text(), "offer"))
     await pc.setLocalDescription(await pc.createAnswer())

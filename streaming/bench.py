@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import secrets
 import shutil
 import statistics
@@ -20,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,18 @@ def _start_publisher(url: str, key: str, log: Path) -> subprocess.Popen[bytes]:
         return subprocess.Popen(command, stdout=out, stderr=out, preexec_fn=_pin_clients())
 
 
+def _pin_generator() -> Callable[[], None]:
+    """Viewer generators yield to the publisher: a starved publisher would send fewer frames."""
+    pin = _pin_clients()
+
+    def lower() -> None:
+        if pin is not None:
+            pin()
+        os.nice(10)
+
+    return lower
+
+
 def _pin_clients() -> Callable[[], None] | None:
     cpus = _client_cpus()
     if not cpus:
@@ -71,9 +84,18 @@ def _pin_clients() -> Callable[[], None] | None:
     return lambda: os.sched_setaffinity(0, chosen)
 
 
-async def _watch(url: str, token: str, viewers: int, seconds: float, decode: int, pid: int) -> dict[str, Any]:
+async def _watch(
+    url: str,
+    token: str,
+    viewers: int,
+    seconds: float,
+    decode: int,
+    pid: int,
+    sent: Callable[[], Awaitable[int]],
+) -> dict[str, Any]:
     """Run the generators: connect `viewers`, count frames for `seconds`; merged results,
-    with the server's (`pid`) CPU seconds over the counted window."""
+    with the server's (`pid`) CPU seconds and the frames the publisher sent (`sent()`, as
+    the server counts them) over the counted window."""
     count = max(1, -(-viewers // PER_GENERATOR))
     shares = [viewers // count + (1 if k < viewers % count else 0) for k in range(count)]
     generators = []
@@ -84,7 +106,7 @@ async def _watch(url: str, token: str, viewers: int, seconds: float, decode: int
             "streaming.viewgen",
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
-            preexec_fn=_pin_clients(),
+            preexec_fn=_pin_generator(),
         )
         job = {"url": url, "token": token, "viewers": share, "decode": decode if k == 0 else 0}
         assert gen.stdin is not None
@@ -99,7 +121,7 @@ async def _watch(url: str, token: str, viewers: int, seconds: float, decode: int
             raise RuntimeError(f"a viewer generator failed while connecting: {line}")
         connected += int(line[1])
     await asyncio.sleep(2.0)  # let the last joiners reach their first keyframe
-    cpu_before, started = cpu_seconds([pid]), time.monotonic()
+    cpu_before, started, sent_before = cpu_seconds([pid]), time.monotonic(), await sent()
     for gen in generators:
         assert gen.stdin is not None
         gen.stdin.write(f"go {seconds}\n".encode())
@@ -109,6 +131,7 @@ async def _watch(url: str, token: str, viewers: int, seconds: float, decode: int
         assert gen.stdout is not None
         outs.append(json.loads(await asyncio.wait_for(gen.stdout.readline(), 600)))
     cpu, took = cpu_seconds([pid]) - cpu_before, time.monotonic() - started
+    frames_sent = await sent() - sent_before
     rss = _rss_mb(pid)
     for gen in generators:
         await gen.wait()
@@ -122,17 +145,19 @@ async def _watch(url: str, token: str, viewers: int, seconds: float, decode: int
         "errors": [e for o in outs for e in o["errors"]][:5],
         "cpu": cpu,
         "took": took,
+        "sent": frames_sent,
         "rss": rss,
     }
 
 
 def _summary(viewers: int, watched: dict[str, Any], seconds: float) -> dict[str, Any]:
-    sent = FPS * seconds
+    sent = watched["sent"]
     frames = watched["frames"]
     return {
         "viewers": viewers,
         "connected": watched["connected"],
-        "frames_sent": round(sent),
+        "frames_sent": sent,
+        "frames_expected": round(FPS * seconds),
         "frames_received": {
             "min": min(frames) if frames else 0,
             "median": statistics.median(frames) if frames else 0,
@@ -206,7 +231,14 @@ async def run_tribune(
 
             await _wait_until(live, 30, "the test pattern to go live")
         progress(f"tribune: {viewers} viewers")
-        watched = await _watch(f"{url}/whep/{FEED}", viewer_token, viewers, seconds, 3, procs[0].pid)
+
+        async def sent() -> int:
+            async with aiohttp.ClientSession() as http, http.get(f"{url}/metrics") as r:
+                text = await r.text()
+            found = re.search(rf'^tribune_feed_frames_total{{feed="{FEED}"}} ([0-9.e+]+)$', text, re.M)
+            return int(float(found[1])) if found else 0
+
+        watched = await _watch(f"{url}/whep/{FEED}", viewer_token, viewers, seconds, 3, procs[0].pid, sent)
         return _summary(viewers, watched, seconds)
     finally:
         if publisher is not None:
@@ -238,9 +270,14 @@ async def run_baseline(
                     return bool((await r.json())["live"])
 
             await _wait_until(live, 30, "the baseline's publisher")
+
+        async def sent() -> int:
+            async with aiohttp.ClientSession() as http, http.get(f"{url}/status") as r:
+                return int((await r.json())["frames"])
+
         for count in ladder:
             progress(f"baseline: {count} viewers")
-            watched = await _watch(f"{url}/whep/{FEED}", "-", count, seconds, 1, server.pid)
+            watched = await _watch(f"{url}/whep/{FEED}", "-", count, seconds, 1, server.pid, sent)
             rung = _summary(count, watched, seconds)
             rungs.append(rung)
             if rung["frozen_viewers"]:

@@ -150,7 +150,8 @@ class Broadcast:
         max_height: int,
         keyframe_interval: float,
         keyframe_debounce: float,
-        on_keyframe_request: Callable[[], None] | None = None,
+        on_frame: Callable[[], None] | None = None,
+        on_keyframe: Callable[[str], None] | None = None,
     ) -> None:
         self.feed_id = feed_id
         self.video = VideoEncoder(bitrate=bitrate, max_height=max_height)
@@ -162,7 +163,8 @@ class Broadcast:
         self.units_out = 0
         self.keyframe_requests = 0
         self.keyframes_forced = 0
-        self._on_keyframe_request = on_keyframe_request
+        self._on_frame = on_frame
+        self._on_keyframe = on_keyframe
         self._wanted = False
         self._last_keyframe = -1e9
         self._tasks: set[asyncio.Task[None]] = set()
@@ -180,8 +182,6 @@ class Broadcast:
         """A viewer's PLI/FIR, or a sink that starts now. Served once per debounce window."""
         self.keyframe_requests += 1
         self._wanted = True
-        if self._on_keyframe_request is not None:
-            self._on_keyframe_request()
 
     def _offer(self, units: list[Unit]) -> None:
         for unit in units:
@@ -202,8 +202,11 @@ class Broadcast:
         since = now - self._last_keyframe
         due = since >= self.keyframe_interval or (self._wanted and since >= self.keyframe_debounce)
         if due:
-            if self._wanted and since < self.keyframe_interval:
+            requested = self._wanted and since < self.keyframe_interval
+            if requested:
                 self.keyframes_forced += 1
+            if self._on_keyframe is not None:
+                self._on_keyframe("request" if requested else "interval")
             self._wanted = False
             self._last_keyframe = now
         return due
@@ -214,6 +217,8 @@ class Broadcast:
                 frame = await track.recv()
                 assert isinstance(frame, av.VideoFrame)
                 self.frames_in += 1
+                if self._on_frame is not None:
+                    self._on_frame()
                 units = await asyncio.to_thread(self.video.encode, frame, self._keyframe_due())
                 self._offer(units)
         except MediaStreamError:

@@ -24,6 +24,7 @@ from aiortc.exceptions import InvalidStateError, OperationError
 from redis.asyncio import Redis
 
 from config.keys import EventSink
+from config.metrics import Metrics
 from config.settings import Settings
 from recorder import feeds as ledger
 from streaming import relay, rtc
@@ -53,6 +54,7 @@ class Ingest:
     claim: str  # the value of our Redis registration
     live: bool = False
     ended: bool = False
+    settled: asyncio.Event = field(default_factory=asyncio.Event)  # connected, or gone
 
 
 @dataclass(eq=False)
@@ -64,11 +66,13 @@ class Viewer:
     tracks: list[relay.ViewerTrack] = field(default_factory=list)
     created: float = field(default_factory=time.monotonic)
     closed: bool = False
+    settled: asyncio.Event = field(default_factory=asyncio.Event)  # connected, or gone
 
 
 class Streaming:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings = settings
+        self.metrics = metrics
         self.node = settings.node_id
         self.ingests: dict[str, Ingest] = {}  # by feed id
         self.viewers: dict[str, Viewer] = {}  # by resource id
@@ -156,9 +160,12 @@ class Streaming:
             max_height=self.settings.video_max_height,
             keyframe_interval=self.settings.keyframe_interval,
             keyframe_debounce=self.settings.keyframe_debounce,
+            on_frame=self.metrics.feed_frames.labels(feed_id).inc,
+            on_keyframe=lambda cause: self.metrics.keyframes.labels(cause).inc(),
         )
         ingest = Ingest(feed_id, feed["session_id"], resource, pc, broadcast, claim)
         self.ingests[feed_id] = ingest
+        self.metrics.feeds_live.set(len(self.ingests))
         try:
             answer = await self._answer_publisher(ingest, offer)
         except BaseException:
@@ -178,6 +185,7 @@ class Streaming:
         async def on_state() -> None:
             if pc.connectionState == "connected" and not ingest.live and not ingest.ended:
                 ingest.live = True
+                ingest.settled.set()
                 self._spawn(self._went_live(ingest), f"whip {ingest.feed_id} live")
             elif pc.connectionState in ("failed", "closed"):
                 self._spawn(self.end_ingest(ingest, "disconnected"), f"whip {ingest.feed_id} end")
@@ -205,7 +213,8 @@ class Streaming:
         await self.end_ingest(ingest, "publisher_stopped")
 
     async def _handshake_deadline(self, ingest: Ingest | Viewer) -> None:
-        await asyncio.sleep(self.settings.webrtc_handshake_timeout)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(ingest.settled.wait(), self.settings.webrtc_handshake_timeout)
         if ingest.pc.connectionState != "connected":
             if isinstance(ingest, Ingest):
                 await self.end_ingest(ingest, "handshake_timeout")
@@ -216,8 +225,10 @@ class Streaming:
         if ingest.ended:
             return
         ingest.ended = True
+        ingest.settled.set()
         if self.ingests.get(ingest.feed_id) is ingest:
             del self.ingests[ingest.feed_id]
+            self.metrics.feeds_live.set(len(self.ingests))
         await ingest.broadcast.stop()
         await ingest.pc.close()
         for viewer in [v for v in self.viewers.values() if v.feed_id == ingest.feed_id]:
@@ -284,6 +295,7 @@ class Streaming:
         pc = RTCPeerConnection(rtc.configuration(self.settings))
         viewer = Viewer(feed_id, new_resource_id(), rep, pc)
         self.viewers[viewer.resource] = viewer
+        self.metrics.whep_viewers.set(len(self.viewers))
         try:
             for kind in ("video", "audio") if has_audio else ("video",):
                 track = relay.ViewerTrack(kind, broadcast.request_keyframe)
@@ -307,7 +319,9 @@ class Streaming:
 
         @pc.on("connectionstatechange")
         async def on_state() -> None:
-            if pc.connectionState in ("failed", "closed"):
+            if pc.connectionState == "connected":
+                viewer.settled.set()
+            elif pc.connectionState in ("failed", "closed"):
                 await self.close_viewer(viewer)
 
         for track in viewer.tracks:
@@ -319,7 +333,9 @@ class Streaming:
         if viewer.closed:
             return
         viewer.closed = True
+        viewer.settled.set()
         self.viewers.pop(viewer.resource, None)
+        self.metrics.whep_viewers.set(len(self.viewers))
         if (ingest := self.ingests.get(viewer.feed_id)) is not None:
             for track in viewer.tracks:
                 ingest.broadcast.remove(track)

@@ -250,3 +250,62 @@ async def test_a_publisher_that_never_connects_is_let_go(client: Any, auth: Any,
     await until(lambda: not hub.ingests, seconds=15)  # handshake timeout (5 s here)
     assert await hub.owner("main") is None
     assert await db.fetchval("SELECT state FROM feeds WHERE id = 'main'") == "idle"  # never went live
+
+
+@pytest.mark.slow
+async def test_300_viewer_cycles_leave_nothing_behind(client: Any, auth: Any, db: Any) -> None:
+    import gc
+
+    import psutil
+
+    await live_session(client, auth, db)
+    key = await make_feed(client, auth)
+    base = str(client.make_url(""))
+    hub = client.server.app[STREAMING]
+    me = psutil.Process()
+
+    def footprint() -> dict[str, float]:
+        gc.collect()
+        return {
+            "fds": me.num_fds(),
+            "udp": len(me.net_connections(kind="udp")),
+            "tasks": len(asyncio.all_tasks()),
+            "rss_mb": me.memory_info().rss / 2**20,
+        }
+
+    async def cycle(http: aiohttp.ClientSession, n: int) -> None:
+        viewer = WhepViewer(f"{base}/whep/main", bearer(auth(f"R{1 + n % 4}")), decode=False)
+        await viewer.start(http)
+        await until(lambda: viewer.frames > 0, seconds=15)
+        # Half say goodbye with DELETE; half just vanish (their peer closes): both are freed.
+        await viewer.stop(http if n % 2 else None)
+
+    async def settle() -> None:
+        await until(lambda: not hub.viewers and len(hub.ingests["main"].broadcast.sinks) == 0)
+        await asyncio.sleep(1.0)
+
+    async with aiohttp.ClientSession() as http:
+        publisher = WhipPublisher(f"{base}/whip/main", key, [PatternVideo(), Tone()])
+        try:
+            await publisher.start(http)
+            await until(lambda: hub.live_here("main") is not None)
+            for n in range(0, 20, 5):  # warm up: first-use allocations are not leaks
+                await asyncio.gather(*(cycle(http, n + k) for k in range(5)))
+            await settle()
+            before = footprint()
+            for n in range(0, 150, 5):
+                await asyncio.gather(*(cycle(http, n + k) for k in range(5)))
+            await settle()
+            half = footprint()
+            for n in range(150, 300, 5):
+                await asyncio.gather(*(cycle(http, n + k) for k in range(5)))
+            await settle()
+            after = footprint()
+        finally:
+            await publisher.stop(http)
+    # Descriptors, UDP ports and tasks come back exactly; memory levels off (the allocator
+    # keeps what it grew), so the second 150 cycles must not grow it as the first did.
+    assert after["fds"] <= before["fds"], (before, after)
+    assert after["udp"] <= before["udp"], (before, after)
+    assert after["tasks"] <= before["tasks"], (before, after)
+    assert after["rss_mb"] - half["rss_mb"] < 8, (before, half, after)
