@@ -12,7 +12,7 @@ import pytest
 from config.settings import Settings
 from streaming.api import STREAMING
 from tests.test_polls import live_session
-from tests.test_whip import SESSION, bearer, make_feed, until
+from tests.test_whip import bearer, make_feed, until
 
 pytestmark = [pytest.mark.usefixtures("loopback_only"), pytest.mark.slow]
 
