@@ -88,8 +88,9 @@ async def whep(request: web.Request) -> web.Response:
 
 
 async def status(request: web.Request) -> web.Response:
+    state = request.app[STATE]
     return web.json_response(
-        {"live": "video" in request.app[STATE].source, "peers": len(request.app[STATE].pcs)}
+        {"live": "video" in state.source, "peers": len(state.pcs), "frames": Counted.frames}
     )
 
 
