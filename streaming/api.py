@@ -90,11 +90,13 @@ async def whip_end(request: web.Request) -> web.StreamResponse:
     return _cors(request, web.Response(status=200))
 
 
-async def _viewer(request: web.Request, feed_id: str) -> tuple[Principal, str]:
+async def _viewer(request: web.Request, feed_id: str, *, whep: bool = True) -> tuple[Principal, str]:
     """The caller, and the session of the feed they may watch (tier checked)."""
     try:
         who = caller(request)
     except AuthError as exc:
+        if not whep:
+            raise
         raise Unauthorized(f"{exc.message}; WHEP needs the viewer's token as a bearer") from None
     feed = await ledger.get(request.app[keys.DB], feed_id)
     session = await sessions.get_for(request.app[keys.DB], feed["session_id"], who)
@@ -158,7 +160,7 @@ async def rotate_key(request: web.Request) -> web.Response:
 
 async def get_feed(request: web.Request) -> web.Response:
     feed_id = ledger.check_id(request.match_info["feed"])
-    await _viewer(request, feed_id)
+    await _viewer(request, feed_id, whep=False)
     row = await ledger.get(request.app[keys.DB], feed_id)
     return json_response({"feed": ledger.view(row), "whep": f"/whep/{feed_id}"})
 
