@@ -45,7 +45,10 @@ def raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def _pin(cpus: set[int]) -> Callable[[], None] | None:
+CLIENT_CPUS = set(range(1, os.cpu_count() or 2))  # load generators: every CPU but the servers'
+
+
+def pin_to(cpus: set[int]) -> Callable[[], None] | None:
     """A function that pins the calling process to `cpus` (None on a one-CPU machine)."""
     available = set(range(os.cpu_count() or 1))
     if len(available) < 2 or not cpus <= available:
@@ -61,11 +64,11 @@ def _pin(cpus: set[int]) -> Callable[[], None] | None:
 def spawn_server(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     """A server process on CPU 0 (where there are two or more), its output in `log`."""
     with log.open("wb") as out:
-        return subprocess.Popen(command, env=env, stdout=out, stderr=out, preexec_fn=_pin({0}))
+        return subprocess.Popen(command, env=env, stdout=out, stderr=out, preexec_fn=pin_to({0}))
 
 
 def pin_self() -> None:
-    pin = _pin(set(range(1, os.cpu_count() or 2)))
+    pin = pin_to(CLIENT_CPUS)
     if pin is not None:
         pin()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import asyncpg
 from aiohttp import web
 
 from config import keys
@@ -64,7 +65,7 @@ def _answer(request: web.Request, kind: str, feed_id: str, resource: str, sdp: s
     return _cors(request, response)
 
 
-async def _offer(request: web.Request, *, want_video: bool) -> str:
+async def _offer(request: web.Request, *, want_video: bool) -> tuple[str, set[str]]:
     body = await read_body(request, limit=rtc.MAX_SDP_BYTES)
     return rtc.read_offer(body, request.content_type, want_video=want_video)
 
@@ -72,7 +73,7 @@ async def _offer(request: web.Request, *, want_video: bool) -> str:
 async def whip_publish(request: web.Request) -> web.StreamResponse:
     feed_id = ledger.check_id(request.match_info["feed"])
     key = _bearer(request, "stream key")
-    offer = await _offer(request, want_video=False)
+    offer, _ = await _offer(request, want_video=False)
     feed = await ledger.authorize(request.app[keys.DB], feed_id, key)
     ingest, answer = await request.app[STREAMING].publish(feed, offer)
     return _answer(request, "whip", feed_id, ingest.resource, answer)
@@ -90,8 +91,10 @@ async def whip_end(request: web.Request) -> web.StreamResponse:
     return _cors(request, web.Response(status=200))
 
 
-async def _viewer(request: web.Request, feed_id: str, *, whep: bool = True) -> tuple[Principal, str]:
-    """The caller, and the session of the feed they may watch (tier checked)."""
+async def _viewer(
+    request: web.Request, feed_id: str, *, whep: bool = True
+) -> tuple[Principal, asyncpg.Record]:
+    """The caller and the feed, if they may watch it (its session's access and tier checked)."""
     try:
         who = caller(request)
     except AuthError as exc:
@@ -99,14 +102,14 @@ async def _viewer(request: web.Request, feed_id: str, *, whep: bool = True) -> t
             raise
         raise Unauthorized(f"{exc.message}; WHEP needs the viewer's token as a bearer") from None
     feed = await ledger.get(request.app[keys.DB], feed_id)
-    session = await sessions.get_for(request.app[keys.DB], feed["session_id"], who)
-    return who, str(session["id"])
+    await sessions.get_for(request.app[keys.DB], feed["session_id"], who)
+    return who, feed
 
 
 async def whep_view(request: web.Request) -> web.StreamResponse:
     feed_id = ledger.check_id(request.match_info["feed"])
     who, _ = await _viewer(request, feed_id)
-    offer = await _offer(request, want_video=True)
+    offer, kinds = await _offer(request, want_video=True)
     hub = request.app[STREAMING]
     if hub.live_here(feed_id) is None:
         owner = await hub.owner(feed_id)
@@ -114,8 +117,7 @@ async def whep_view(request: web.Request) -> web.StreamResponse:
             raise FeedNotLive(f"feed {feed_id!r} is not live; its page switches when it goes live")
         location = f"{owner['url']}/whep/{feed_id}"
         return _cors(request, web.Response(status=307, headers={"Location": location}))
-    has_audio = "m=audio" in offer
-    viewer, answer = await hub.view(feed_id, who.rep, offer, has_audio)
+    viewer, answer = await hub.view(feed_id, who.rep, offer, "audio" in kinds)
     return _answer(request, "whep", feed_id, viewer.resource, answer)
 
 
@@ -160,8 +162,7 @@ async def rotate_key(request: web.Request) -> web.Response:
 
 async def get_feed(request: web.Request) -> web.Response:
     feed_id = ledger.check_id(request.match_info["feed"])
-    await _viewer(request, feed_id, whep=False)
-    row = await ledger.get(request.app[keys.DB], feed_id)
+    _, row = await _viewer(request, feed_id, whep=False)
     return json_response({"feed": ledger.view(row), "whep": f"/whep/{feed_id}"})
 
 

@@ -31,17 +31,20 @@ import psutil
 from config.auth import Role, mint_token
 from config.services import EmbeddedServices, free_port
 from config.settings import Settings
-from interaction.bench import cpu_seconds, spawn_server, start_nodes, stop_servers, wait_http
+from interaction.bench import (
+    CLIENT_CPUS,
+    cpu_seconds,
+    pin_to,
+    spawn_server,
+    start_nodes,
+    stop_servers,
+    wait_http,
+)
 
 FPS = 30
 PER_GENERATOR = 100
 FEED = "bench"
 SESSION = "bench-video"
-
-
-def _client_cpus() -> str:
-    count = os.cpu_count() or 1
-    return ",".join(str(c) for c in range(1, count)) if count > 1 else ""
 
 
 def _tribune_cmd() -> str:
@@ -61,12 +64,12 @@ def _start_publisher(url: str, key: str, log: Path) -> subprocess.Popen[bytes]:
         "127.0.0.1",
     ]
     with log.open("wb") as out:
-        return subprocess.Popen(command, stdout=out, stderr=out, preexec_fn=_pin_clients())
+        return subprocess.Popen(command, stdout=out, stderr=out, preexec_fn=pin_to(CLIENT_CPUS))
 
 
 def _pin_generator() -> Callable[[], None]:
     """Viewer generators yield to the publisher: a starved publisher would send fewer frames."""
-    pin = _pin_clients()
+    pin = pin_to(CLIENT_CPUS)
 
     def lower() -> None:
         if pin is not None:
@@ -74,14 +77,6 @@ def _pin_generator() -> Callable[[], None]:
         os.nice(10)
 
     return lower
-
-
-def _pin_clients() -> Callable[[], None] | None:
-    cpus = _client_cpus()
-    if not cpus:
-        return None
-    chosen = {int(c) for c in cpus.split(",")}
-    return lambda: os.sched_setaffinity(0, chosen)
 
 
 async def _watch(

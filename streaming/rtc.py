@@ -53,9 +53,9 @@ def configuration(settings: Settings) -> RTCConfiguration:
     return RTCConfiguration(iceServers=servers)
 
 
-def read_offer(body: bytes, content_type: str, *, want_video: bool = False) -> str:
-    """The offer as text, or BadOffer saying what is wrong with it. Nothing is built before
-    this passes, so a bad offer leaves no peer connection behind."""
+def read_offer(body: bytes, content_type: str, *, want_video: bool = False) -> tuple[str, set[str]]:
+    """The offer as text and the media kinds it offers, or BadOffer saying what is wrong with
+    it. Nothing is built before this passes, so a bad offer leaves no peer connection behind."""
     if content_type != SDP_TYPE:
         raise BadOffer(f"send the SDP offer with Content-Type: {SDP_TYPE}, not {content_type or 'none'}")
     if len(body) > MAX_SDP_BYTES:
@@ -88,7 +88,7 @@ def read_offer(body: bytes, content_type: str, *, want_video: bool = False) -> s
             raise BadOffer(f"the {m.kind} m-line lacks ICE credentials or a DTLS fingerprint")
     if want_video and "video" not in kinds:
         raise BadOffer("the offer has no video m-line: add a video transceiver (recvonly)")
-    return text
+    return text, set(kinds)
 
 
 def prefer_sent_codecs(transceiver: RTCRtpTransceiver) -> None:
