@@ -53,18 +53,27 @@ def ensure_venv() -> None:
 
 
 def ensure_pages() -> None:
+    """`npm ci` when the lockfile changes, then the vendor bundle the pages import
+    (`npm run build`) when it is missing or its source changed."""
     lock = PAGES / "package-lock.json"
     if not lock.exists():
         return
+    npm = shutil.which("npm")
     stamp = PAGES / "node_modules" / ".dev-stamp"
     wanted = _digest(lock)
-    if stamp.exists() and stamp.read_text() == wanted:
-        return
-    npm = shutil.which("npm")
-    if npm is None:
-        sys.exit("Tribune's browser pages need Node.js and npm on PATH.")
-    _run([npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=PAGES)
-    stamp.write_text(wanted)
+    if not (stamp.exists() and stamp.read_text() == wanted):
+        if npm is None:
+            sys.exit("Tribune's browser pages need Node.js and npm on PATH.")
+        _run([npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=PAGES)
+        stamp.write_text(wanted)
+    bundle = PAGES / "static" / "vendor" / "vendor.js"
+    built = PAGES / "node_modules" / ".build-stamp"
+    wanted = wanted + _digest(PAGES / "src" / "vendor.js") + _digest(PAGES / "package.json")
+    if not (bundle.exists() and built.exists() and built.read_text() == wanted):
+        if npm is None:
+            sys.exit("Tribune's browser pages need Node.js and npm on PATH.")
+        _run([npm, "run", "--silent", "build"], cwd=PAGES)
+        built.write_text(wanted)
 
 
 def loopback_namespace() -> list[str]:

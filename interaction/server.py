@@ -319,6 +319,7 @@ class Live:
                     },
                     "epoch": session["epoch"],
                     "seq": session["seq"],
+                    "limits": {"comment_max_chars": self.settings.comment_max_chars},
                 },
             )
             room = self.rooms.join(

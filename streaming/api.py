@@ -9,7 +9,7 @@ import asyncpg
 from aiohttp import web
 
 from config import keys
-from config.auth import AuthError, Principal, require_role
+from config.auth import AuthError, Principal, Role, require_role
 from config.errors import Unauthorized
 from config.web import caller, json_response, read_body, read_json
 from recorder import feeds as ledger
@@ -70,19 +70,37 @@ async def _offer(request: web.Request, *, want_video: bool) -> tuple[str, set[st
     return rtc.read_offer(body, request.content_type, want_video=want_video)
 
 
+async def _publisher(request: web.Request, feed_id: str) -> asyncpg.Record:
+    """The feed, if the bearer may publish it: its stream key (OBS, an encoder), or the token
+    of a host or admin who may attend the feed's session (the host page in a browser)."""
+    credential = _bearer(request, "stream key")
+    pool = request.app[keys.DB]
+    if "." not in credential:  # stream keys are `tsk_` and URL-safe base64; tokens are JWTs
+        return await ledger.authorize(pool, feed_id, credential)
+    try:
+        who = request.app[keys.VERIFIER].verify(credential)
+    except AuthError as exc:
+        raise Unauthorized(f"{exc.message}; WHIP takes the feed's stream key or a host's token") from None
+    require_role(who, Role.HOST, action="publishing a feed from the host page")
+    feed = await ledger.get(pool, feed_id)
+    await sessions.get_for(pool, feed["session_id"], who)
+    if feed["source"] != "whip":
+        raise ledger.WrongKey(f"feed {feed_id!r} is not published over WHIP")
+    return feed
+
+
 async def whip_publish(request: web.Request) -> web.StreamResponse:
     feed_id = ledger.check_id(request.match_info["feed"])
-    key = _bearer(request, "stream key")
+    _bearer(request, "stream key")
     offer, _ = await _offer(request, want_video=False)
-    feed = await ledger.authorize(request.app[keys.DB], feed_id, key)
+    feed = await _publisher(request, feed_id)
     ingest, answer = await request.app[STREAMING].publish(feed, offer)
     return _answer(request, "whip", feed_id, ingest.resource, answer)
 
 
 async def whip_end(request: web.Request) -> web.StreamResponse:
     feed_id = ledger.check_id(request.match_info["feed"])
-    key = _bearer(request, "stream key")
-    await ledger.authorize(request.app[keys.DB], feed_id, key)
+    await _publisher(request, feed_id)
     hub = request.app[STREAMING]
     ingest = hub.ingests.get(feed_id)
     if ingest is None or ingest.resource != request.match_info["resource"]:

@@ -187,3 +187,12 @@ def loopback_only() -> None:
     from streaming.rtc import limit_host_addresses
 
     limit_host_addresses(("127.0.0.1",))  # aioice skips loopback unless told; it is all there is here
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def browser() -> AsyncIterator[Any]:
+    """Headless Chromium driven by Playwright (tests/browser.py)."""
+    from tests.browser import launch
+
+    async with launch() as chromium:
+        yield chromium

@@ -3,7 +3,6 @@ second page watches over WHEP until `getStats()` shows decoded frames."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -11,27 +10,11 @@ import pytest
 
 from config.settings import Settings
 from streaming.api import STREAMING
+from tests.browser import CHROMIUM, FLAGS
 from tests.test_polls import live_session
 from tests.test_whip import bearer, make_feed, until
 
 pytestmark = [pytest.mark.usefixtures("loopback_only"), pytest.mark.slow]
-
-CHROMIUM = next(
-    (p for p in ("/usr/lib/chromium/chromium", shutil.which("chromium") or "") if p and Path(p).exists()),
-    None,
-)
-FLAGS = [
-    "--use-fake-device-for-media-stream",
-    "--use-fake-ui-for-media-stream",
-    "--allow-loopback-in-peer-connection",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 # Both scripts gather every candidate before sending the offer (no trickle ICE).
 PUBLISH = """async ([key]) => {

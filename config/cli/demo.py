@@ -115,12 +115,14 @@ def demo_links(app: web.Application) -> list[tuple[str, str]]:
         ("viewer (representative R0001)", "watch", "R0001", (Role.REPRESENTATIVE,)),
         ("moderator", "moderate", "M001", (Role.MODERATOR,)),
         ("host", "host", "H001", (Role.HOST, Role.MODERATOR)),
+        ("projector (the hall's screen)", "projector", "P001", (Role.MODERATOR,)),
     ]
     links = []
     for label, page, rep, roles in people:
         token = mint_token(settings, rep=rep, name=label.split(" ")[0], roles=roles, ttl=12 * 3600)
         links.append((label, f"{base}/{page}/{DEMO_SESSION}#token={token}"))
     admin = mint_token(settings, rep="A001", name="admin", roles=(Role.ADMIN,), ttl=12 * 3600)
+    links.append(("admin", f"{base}/admin#token={admin}"))
     links.append(("admin API token", admin))
     return links
 
