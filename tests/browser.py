@@ -85,7 +85,11 @@ async def open_page(
     mobile: bool = False,
 ) -> Page:
     context = await browser.new_context(
-        viewport={"width": width, "height": height}, is_mobile=mobile, has_touch=mobile, locale="zh-CN"
+        viewport={"width": width, "height": height},
+        is_mobile=mobile,
+        has_touch=mobile,
+        locale="zh-CN",
+        timezone_id="Asia/Shanghai",  # where the representatives are: times typed have a known offset
     )
     if lang is not None:
         await context.add_init_script(f"localStorage.setItem('tribune.lang', {lang!r})")

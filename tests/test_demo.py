@@ -43,15 +43,19 @@ def test_demo_command_prints_working_links(tmp_path: Path) -> None:
             time.sleep(0.2)
         text = log.read_text()
         links = dict(
-            re.findall(rf"http://127\.0\.0\.1:{port}/(watch|moderate|host)/{DEMO_SESSION}#token=(\S+)", text)
+            re.findall(
+                rf"http://127\.0\.0\.1:{port}/(watch|moderate|host|projector)/{DEMO_SESSION}#token=(\S+)",
+                text,
+            )
         )
-        assert set(links) == {"watch", "moderate", "host"}, text
+        assert set(links) == {"watch", "moderate", "host", "projector"}, text
+        assert re.search(rf"http://127\.0\.0\.1:{port}/admin#token=\S+", text), text
         status, body = http(
             "GET", f"http://127.0.0.1:{port}/api/sessions/{DEMO_SESSION}", token=links["watch"]
         )
         assert status == 200 and body["session"]["your_tier"] == "voting"
         page = http_page(f"http://127.0.0.1:{port}/watch/{DEMO_SESSION}")
-        assert "session.js" in page
+        assert "/static/js/watch.js" in page
         while time.monotonic() < deadline:  # the test pattern goes live as the session's video
             status, body = http("GET", f"http://127.0.0.1:{port}/api/feeds/{DEMO_FEED}", token=links["watch"])
             if status == 200 and body["feed"]["state"] == "live":

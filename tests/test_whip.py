@@ -141,6 +141,29 @@ async def test_one_publisher_per_feed_and_keys(client: Any, auth: Any, db: Any) 
             await again.stop(http)
 
 
+async def test_hosts_publish_with_their_own_token(client: Any, auth: Any, db: Any) -> None:
+    """The host page publishes with the host's token instead of the stream key."""
+    await live_session(client, auth, db)
+    await make_feed(client, auth)
+    base = str(client.make_url(""))
+    hub = client.server.app[STREAMING]
+    async with aiohttp.ClientSession() as http:
+        for token, status in ((auth("R1"), 403), (auth("H1", Role.HOST, ttl=-60), 401)):
+            refused = WhipPublisher(f"{base}/whip/main", bearer(token), [PatternVideo()])
+            with pytest.raises(WhipError) as error:
+                await refused.start(http)
+            assert error.value.status == status, error.value.body
+        assert not hub.ingests and await hub.owner("main") is None
+        host = WhipPublisher(f"{base}/whip/main", bearer(auth("H1", Role.HOST)), [PatternVideo()])
+        try:
+            await host.start(http)
+            await until(lambda: hub.live_here("main") is not None)
+        finally:
+            await host.stop(http)
+        await until(lambda: not hub.ingests)
+    assert await db.fetchval("SELECT state FROM feeds WHERE id = 'main'") == "ended"
+
+
 async def test_only_admins_manage_feeds(client: Any, auth: Any, db: Any) -> None:
     await live_session(client, auth, db)
     r = await client.post("/api/feeds", json={"id": "main", "session": SESSION}, headers=auth("R1"))

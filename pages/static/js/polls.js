@@ -27,9 +27,11 @@ export function resultsView(results, { source = "combined" } = {}) {
         chart),
     );
   }
-  const p = results.participation || {};
-  box.append(h("p", { class: "participation" },
-    t("results.participation", { voted: p.voted ?? 0, eligible: p.eligible_present ?? 0, rate: pct(p.rate) })));
+  const p = results.participation;
+  if (p) {
+    box.append(h("p", { class: "participation" },
+      t("results.participation", { voted: p.voted, eligible: p.eligible_present, rate: pct(p.rate) })));
+  }
   if (results.valid === true) box.append(h("p", { class: "valid", dataset: { kind: "ok" } }, t("results.valid")));
   if (results.valid === false) {
     box.append(h("p", { class: "valid", dataset: { kind: "warn" } },
