@@ -21,7 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 ENV_PREFIX = "TRIBUNE_"
-SECRET_FIELDS = frozenset({"jwt_secret", "turn_password"})
+SECRET_FIELDS = frozenset({"jwt_secret", "turn_password", "hls_signing_key"})
 URL_FIELDS = frozenset({"database_url", "redis_url"})
 
 
@@ -96,6 +96,12 @@ class Settings:
     keyframe_debounce: float = 0.5
     feed_lease: float = 10.0
     whep_max_viewers: int = 1000
+    hls_segment_seconds: float = 2.0
+    hls_window: int = 6
+    hls_ttl: float = 60.0
+    hls_url_ttl: float = 14400.0
+    hls_signing_key: str = ""
+    recording_retention_days: float = 365.0
 
     @property
     def embedded_database(self) -> bool:
@@ -293,6 +299,18 @@ def _validated(s: Settings) -> Settings:
         fail("feed_lease", "must be 2..600 seconds")
     if not 1 <= s.whep_max_viewers <= 100_000:
         fail("whep_max_viewers", "must be 1..100000")
+    if not 0.5 <= s.hls_segment_seconds <= 10:
+        fail("hls_segment_seconds", "must be 0.5..10")
+    if not 3 <= s.hls_window <= 100:
+        fail("hls_window", "must be 3..100")
+    if not s.hls_segment_seconds * s.hls_window < s.hls_ttl <= 3600:
+        fail("hls_ttl", "must outlast the playlist window (hls_segment_seconds × hls_window) and be ≤ 3600")
+    if not 60 <= s.hls_url_ttl <= 7 * 86400:
+        fail("hls_url_ttl", "must be 60..604800 seconds")
+    if s.hls_signing_key and len(s.hls_signing_key) < 32:
+        fail("hls_signing_key", "must be at least 32 characters (use a random string)")
+    if not 0 < s.recording_retention_days <= 36500:
+        fail("recording_retention_days", "must be more than 0 and at most 36500 days")
     if not 10 <= s.replay_limit <= 100_000:
         fail("replay_limit", "must be 10..100000")
     if s.max_upload_bytes < 1024:

@@ -3,22 +3,30 @@ of feeds and their stream keys (see docs/protocol.md)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import hashlib
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import asyncpg
 from aiohttp import web
 
 from config import keys
-from config.auth import AuthError, Principal, Role, require_role
-from config.errors import Unauthorized
+from config.auth import AuthError, Principal, Role, local_secret, require_role
+from config.errors import Forbidden, NotFound, Unauthorized
+from config.settings import Settings
 from config.web import caller, json_response, read_body, read_json
 from recorder import feeds as ledger
 from recorder import sessions
-from streaming import rtc
+from streaming import hls, rtc
 from streaming.errors import FeedNotLive
 from streaming.hub import Streaming
 
 STREAMING: web.AppKey[Streaming] = web.AppKey("streaming")
+HLS_KEY: web.AppKey[bytes] = web.AppKey("hls_key")
+PUBLIC_FEEDS: web.AppKey[dict[str, tuple[float, bool]]] = web.AppKey("public_feeds")
 
 _METHODS = "POST, DELETE, PATCH, OPTIONS"
 _HEADERS = "Authorization, Content-Type, If-Match"
@@ -181,7 +189,120 @@ async def rotate_key(request: web.Request) -> web.Response:
 async def get_feed(request: web.Request) -> web.Response:
     feed_id = ledger.check_id(request.match_info["feed"])
     _, row = await _viewer(request, feed_id, whep=False)
-    return json_response({"feed": ledger.view(row), "whep": f"/whep/{feed_id}"})
+    public = await _is_public(request, feed_id)
+    ttl = request.app[keys.SETTINGS].hls_url_ttl
+    key = request.app[HLS_KEY]
+    urls = {
+        kind: path if public else hls.sign(key, feed_id, path, ttl)
+        for kind, path in (("hls", f"/hls/{feed_id}/index.m3u8"), ("vod", f"/vod/{feed_id}/index.m3u8"))
+    }
+    return json_response({"feed": ledger.view(row), "whep": f"/whep/{feed_id}", **urls})
+
+
+# --- HLS: live from the segment bus, recordings from disk ----------------------------------
+
+
+def signing_key(settings: Settings) -> bytes:
+    """The key of signed HLS URLs: `hls_signing_key`, else the token secret (one per cluster),
+    else the data directory's own secret (a single development node)."""
+    secret = settings.hls_signing_key or settings.jwt_secret or local_secret(settings.data_dir)
+    return hashlib.sha256(b"tribune hls\n" + secret.encode()).digest()
+
+
+async def _is_public(request: web.Request, feed_id: str) -> bool:
+    """Whether the feed's session is public (no signature needed); cached for 10 s."""
+    cache = request.app[PUBLIC_FEEDS]
+    now = time.monotonic()
+    if (hit := cache.get(feed_id)) is not None and now - hit[0] < 10:
+        return hit[1]
+    audience = await request.app[keys.DB].fetchval(
+        "SELECT s.audience FROM feeds f JOIN sessions s ON s.id = f.session_id WHERE f.id = $1", feed_id
+    )
+    if audience is None:
+        raise NotFound(f"no feed {feed_id!r}")
+    public = bool(audience == "public")
+    cache[feed_id] = (now, public)
+    return public
+
+
+async def _hls_access(request: web.Request, feed_id: str) -> bool:
+    """Raises Forbidden for a URL that needs a signature and lacks a good one; returns
+    whether the feed is public."""
+    if await _is_public(request, feed_id):
+        return True
+    q = request.query
+    problem = hls.verify(request.app[HLS_KEY], feed_id, request.path, q.get("exp"), q.get("sig"))
+    if problem is not None:
+        raise Forbidden(problem)
+    return False
+
+
+def _segment_uri(request: web.Request, feed_id: str, kind: str, public: bool) -> Callable[[int], str]:
+    key, ttl = request.app[HLS_KEY], request.app[keys.SETTINGS].hls_url_ttl
+
+    def uri(seq: int) -> str:
+        path = f"/{kind}/{feed_id}/{seq}.ts"
+        return path if public else hls.sign(key, feed_id, path, ttl)
+
+    return uri
+
+
+PLAYLIST = "application/vnd.apple.mpegurl"
+
+
+def _media(body: bytes | str, content_type: str, cache: str) -> web.Response:
+    data = body.encode() if isinstance(body, str) else body
+    return web.Response(body=data, content_type=content_type, headers={"Cache-Control": cache})
+
+
+async def hls_playlist(request: web.Request) -> web.Response:
+    feed_id = ledger.check_id(request.match_info["feed"])
+    public = await _hls_access(request, feed_id)
+    bus = request.app[STREAMING].bus
+    index = await bus.index(feed_id) if bus is not None else None
+    if not index or not index.get("segments"):
+        raise NotFound(
+            f"feed {feed_id!r} has no live HLS now; it starts a few seconds after the feed goes live"
+        )
+    text = hls.playlist(index, _segment_uri(request, feed_id, "hls", public))
+    return _media(text, PLAYLIST, "public, max-age=1" if public else "private, max-age=1")
+
+
+async def hls_segment(request: web.Request) -> web.Response:
+    feed_id = ledger.check_id(request.match_info["feed"])
+    public = await _hls_access(request, feed_id)
+    bus = request.app[STREAMING].bus
+    data = await bus.segment(feed_id, int(request.match_info["seq"])) if bus is not None else None
+    if data is None:
+        raise NotFound("no such segment (segments stay on the bus for hls_ttl seconds)")
+    return _media(data, "video/mp2t", f"{'public' if public else 'private'}, max-age=86400, immutable")
+
+
+def _recording(request: web.Request, feed_id: str) -> Path:
+    run = hls.latest_recording(request.app[STREAMING].recordings, feed_id)
+    if run is None:
+        raise NotFound(f"no recording of feed {feed_id!r} on this node")
+    return run
+
+
+async def vod_playlist(request: web.Request) -> web.Response:
+    feed_id = ledger.check_id(request.match_info["feed"])
+    public = await _hls_access(request, feed_id)
+    run = _recording(request, feed_id)
+    index = json.loads(await asyncio.to_thread((run / "index.json").read_text))
+    text = hls.playlist(index, _segment_uri(request, feed_id, "vod", public), vod=bool(index["ended"]))
+    return _media(text, PLAYLIST, "private, max-age=2")
+
+
+async def vod_segment(request: web.Request) -> web.Response:
+    feed_id = ledger.check_id(request.match_info["feed"])
+    public = await _hls_access(request, feed_id)
+    path = _recording(request, feed_id) / f"{int(request.match_info['seq'])}.ts"
+    try:
+        data = await asyncio.to_thread(path.read_bytes)
+    except FileNotFoundError:
+        raise NotFound("no such segment in the recording") from None
+    return _media(data, "video/mp2t", f"{'public' if public else 'private'}, max-age=86400, immutable")
 
 
 async def session_feeds(request: web.Request) -> web.Response:
@@ -190,10 +311,25 @@ async def session_feeds(request: web.Request) -> web.Response:
     return json_response({"feeds": await ledger.list_for_session(request.app[keys.DB], session["id"])})
 
 
+async def session_recordings(request: web.Request) -> web.Response:
+    """The session's recordings kept on this node, newest run of each feed first."""
+    who = caller(request)
+    pool = request.app[keys.DB]
+    session = await sessions.get_for(pool, request.match_info["session"], who)
+    root = request.app[STREAMING].recordings
+    out = []
+    for feed in await ledger.list_for_session(pool, session["id"]):
+        runs = await asyncio.to_thread(hls.list_recordings, root, feed["id"])
+        out += [{"feed": feed["id"], **run} for run in reversed(runs)]
+    return json_response({"recordings": out})
+
+
 def attach(app: web.Application) -> Streaming:
     """Add WHIP/WHEP and the feed API to an app; the hub starts once PostgreSQL and Redis are up."""
     hub = Streaming(app[keys.SETTINGS], app[keys.METRICS])
     app[STREAMING] = hub
+    app[HLS_KEY] = signing_key(app[keys.SETTINGS])
+    app[PUBLIC_FEEDS] = {}
 
     async def streaming_ctx(app: web.Application) -> AsyncIterator[None]:
         await hub.start(app[keys.DB], app[keys.REDIS], app.get(keys.EVENT_SINK))
@@ -214,4 +350,9 @@ def attach(app: web.Application) -> Streaming:
     r.add_get("/api/feeds/{feed}", get_feed)
     r.add_post("/api/feeds/{feed}/key", rotate_key)
     r.add_get("/api/sessions/{session}/feeds", session_feeds)
+    r.add_get("/api/sessions/{session}/recordings", session_recordings)
+    r.add_get("/hls/{feed}/index.m3u8", hls_playlist)
+    r.add_get(r"/hls/{feed}/{seq:\d{1,9}}.ts", hls_segment)
+    r.add_get("/vod/{feed}/index.m3u8", vod_playlist)
+    r.add_get(r"/vod/{feed}/{seq:\d{1,9}}.ts", vod_segment)
     return hub

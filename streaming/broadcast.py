@@ -3,7 +3,8 @@
 A `Broadcast` is one live feed on its ingest node. aiortc decodes the publisher's tracks
 (once); the broadcast encodes video once with libx264 (constrained baseline, zerolatency)
 and audio once with Opus, packetizes each encoded frame for RTP once, and offers the same
-`Unit` to every sink — each WHEP viewer's tracks, and whatever else packages the feed.
+`Unit` to every sink — each WHEP viewer's tracks, and the HLS segmenter (streaming/hls.py),
+which also listens to the decoded audio to encode it to AAC.
 
 Keyframes: every `keyframe_interval`, and when a sink asks (a viewer's PLI/FIR, a late
 joiner), at most once per `keyframe_debounce`; a request inside the window is kept and
@@ -159,6 +160,7 @@ class Broadcast:
         self.keyframe_interval = keyframe_interval
         self.keyframe_debounce = keyframe_debounce
         self.sinks: set[Sink] = set()
+        self.audio_listeners: set[Callable[[av.AudioFrame], None]] = set()  # decoded audio (HLS)
         self.frames_in = 0
         self.units_out = 0
         self.keyframe_requests = 0
@@ -234,6 +236,8 @@ class Broadcast:
             while True:
                 frame = await track.recv()
                 assert isinstance(frame, av.AudioFrame)
+                for listener in tuple(self.audio_listeners):
+                    listener(frame)
                 self._offer(self.audio.encode(frame))
         except MediaStreamError:
             pass

@@ -27,7 +27,7 @@ from config.keys import EventSink
 from config.metrics import Metrics
 from config.settings import Settings
 from recorder import feeds as ledger
-from streaming import relay, rtc
+from streaming import hls, relay, rtc
 from streaming.broadcast import Broadcast
 from streaming.errors import BadOffer, FeedBusy, FeedNotLive, NodeFull
 
@@ -52,6 +52,8 @@ class Ingest:
     pc: RTCPeerConnection
     broadcast: Broadcast
     claim: str  # the value of our Redis registration
+    segmenter: hls.Segmenter | None = None
+    recording: hls.Recording | None = None
     live: bool = False
     ended: bool = False
     settled: asyncio.Event = field(default_factory=asyncio.Event)  # connected, or gone
@@ -81,6 +83,8 @@ class Streaming:
         self._sink: EventSink | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loops: list[asyncio.Task[None]] = []
+        self.bus: hls.SegmentBus | None = None
+        self.recordings = settings.data_dir / "recordings"
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -97,6 +101,11 @@ class Streaming:
     async def start(self, pool: asyncpg.Pool, redis: Redis, sink: EventSink | None) -> None:
         self._pool, self._redis, self._sink = pool, redis, sink
         rtc.limit_host_addresses(self.settings.webrtc_host_addresses)
+        s = self.settings
+        self.bus = hls.SegmentBus(redis, s.redis_prefix, window=s.hls_window, ttl=s.hls_ttl)
+        pruned = await asyncio.to_thread(hls.prune_recordings, self.recordings, s.recording_retention_days)
+        if pruned:
+            log.info("removed %d recordings older than %s days", pruned, s.recording_retention_days)
         for session_id, appended in await ledger.end_all_of(pool, self.node, "node_restarted"):
             await self._committed(session_id, appended)
         self._loops = [
@@ -164,6 +173,7 @@ class Streaming:
             on_keyframe=lambda cause: self.metrics.keyframes.labels(cause).inc(),
         )
         ingest = Ingest(feed_id, feed["session_id"], resource, pc, broadcast, claim)
+        self._package(ingest)
         self.ingests[feed_id] = ingest
         self.metrics.feeds_live.set(len(self.ingests))
         try:
@@ -173,6 +183,38 @@ class Streaming:
             raise
         self._spawn(self._handshake_deadline(ingest), f"whip {feed_id} handshake")
         return ingest, answer
+
+    def _package(self, ingest: Ingest) -> None:
+        """HLS for everyone else: segments to the bus and to the feed's recording."""
+        recording = hls.Recording(self.recordings, ingest.feed_id)
+        bus = self.bus
+        target = self.settings.hls_segment_seconds
+
+        async def on_segment(segment: hls.Segment) -> None:
+            await recording.add(segment)
+            if bus is not None:
+                await bus.publish(segment, target)
+
+        def size() -> tuple[int, int]:
+            context = ingest.broadcast.video.context
+            return (context.width, context.height) if context is not None else (0, 0)
+
+        segmenter = hls.Segmenter(ingest.feed_id, target=target, size=size, on_segment=on_segment)
+        ingest.broadcast.add(segmenter)
+        ingest.broadcast.audio_listeners.add(segmenter.audio_frame)
+        ingest.segmenter, ingest.recording = segmenter, recording
+
+    async def _finish_packaging(self, ingest: Ingest) -> None:
+        if ingest.segmenter is None:
+            return
+        try:
+            await ingest.segmenter.finish()
+            if ingest.recording is not None:
+                await ingest.recording.close()
+            if self.bus is not None:
+                await self.bus.end(ingest.feed_id)
+        except Exception as exc:
+            log.warning("feed %s: HLS not finished cleanly: %r", ingest.feed_id, exc)
 
     async def _answer_publisher(self, ingest: Ingest, offer: str) -> str:
         pc = ingest.pc
@@ -230,6 +272,7 @@ class Streaming:
             del self.ingests[ingest.feed_id]
             self.metrics.feeds_live.set(len(self.ingests))
         await ingest.broadcast.stop()
+        await self._finish_packaging(ingest)
         await ingest.pc.close()
         for viewer in [v for v in self.viewers.values() if v.feed_id == ingest.feed_id]:
             await self.close_viewer(viewer)

@@ -1,0 +1,173 @@
+"""HLS from the encode-once stream: ffprobe/ffmpeg read the live playlist and the recording,
+a node that does not ingest the feed serves the same bytes, and URLs of a session that is
+not public must be signed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import aiohttp
+import pytest
+import pytest_asyncio
+from aiohttp.test_utils import TestClient, TestServer
+
+from config.app import create_app
+from config.settings import Settings
+from streaming.api import STREAMING
+from streaming.clients import WhipPublisher
+from streaming.testsrc import PatternVideo, Tone
+from tests.test_polls import SESSION, live_session
+from tests.test_whip import make_feed, until
+
+pytestmark = [pytest.mark.usefixtures("loopback_only"), pytest.mark.slow]
+
+FFPROBE = shutil.which("ffprobe")
+FFMPEG = shutil.which("ffmpeg")
+needs_ffmpeg = pytest.mark.skipif(FFPROBE is None or FFMPEG is None, reason="needs Debian's ffmpeg")
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    return settings.replace(webrtc_host_addresses=("127.0.0.1",))
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def other_node(settings: Settings) -> AsyncIterator[TestClient[Any, Any]]:
+    """A second node on the same PostgreSQL and Redis that ingests nothing."""
+    app = create_app(settings.replace(node_id="other-node", data_dir=settings.data_dir / "other"))
+    async with TestClient(TestServer(app)) as client:
+        yield client
+
+
+async def run(*cmd: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await proc.communicate()
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+async def probe(url: str) -> dict[str, Any]:
+    assert FFPROBE is not None
+    code, out, err = await run(
+        FFPROBE, "-v", "error", "-show_entries", "stream=codec_name,width,height", "-of", "json", url
+    )
+    assert code == 0, err
+    return dict(json.loads(out))
+
+
+async def decoded_frames(url: str) -> int:
+    """Video frames ffmpeg decodes from the playlist, failing on any decoding error."""
+    assert FFMPEG is not None
+    code, _, err = await run(
+        FFMPEG, "-v", "error", "-xerror", "-i", url, "-map", "0:v", "-f", "null", "-stats_period", "60", "-"
+    )
+    assert code == 0, err
+    code, out, err = await run(
+        FFPROBE, "-v", "error", "-count_frames", "-select_streams", "v", "-show_entries",
+        "stream=nb_read_frames", "-of", "csv=p=0", url,
+    )  # fmt: skip
+    assert code == 0, err
+    return int(next(line for line in out.splitlines() if line.strip()).split(",")[0])
+
+
+async def publish(client: Any, key: str) -> WhipPublisher:
+    publisher = WhipPublisher(str(client.make_url("/whip/main")), key, [PatternVideo(), Tone()])
+    async with aiohttp.ClientSession() as http:
+        await publisher.start(http)
+    return publisher
+
+
+@needs_ffmpeg
+async def test_live_hls_any_node_signed_urls_and_the_recording(
+    client: Any, other_node: Any, auth: Any, db: Any
+) -> None:
+    await live_session(client, auth, db)
+    key = await make_feed(client, auth)
+    hub = client.server.app[STREAMING]
+    publisher = await publish(client, key)
+    try:
+        await until(lambda: hub.live_here("main") is not None, seconds=20)
+        await until(
+            lambda: hub.ingests["main"].segmenter is not None and hub.ingests["main"].segmenter.seq >= 3, 30
+        )
+
+        r = await client.get("/api/feeds/main", headers=auth("R1"))
+        urls = await r.json()
+        live_url = urls["hls"]
+        assert urlsplit(live_url).path == "/hls/main/index.m3u8" and "sig=" in live_url
+
+        # The playlist and the segments, identical from the node that does not ingest.
+        r = await client.get(live_url)
+        assert r.status == 200 and r.content_type == "application/vnd.apple.mpegurl"
+        text = await r.text()
+        assert "#EXT-X-TARGETDURATION:2" in text and "#EXTINF:2.000," in text, text
+        assert "#EXT-X-ENDLIST" not in text
+        segment = [line for line in text.splitlines() if line.startswith("/hls/main/")][-1]
+        mine = await client.get(segment)
+        theirs = await other_node.get(segment)
+        assert mine.status == theirs.status == 200
+        assert await mine.read() == await theirs.read()
+        assert "immutable" in mine.headers["Cache-Control"]
+        assert "max-age=1" in r.headers["Cache-Control"]
+        other_text = await (await other_node.get(live_url)).text()
+        assert other_text.splitlines()[:6] == text.splitlines()[:6]
+
+        # ffprobe reads the live playlist through the other node: H.264 and AAC.
+        streams = (await probe(str(other_node.make_url(live_url))))["streams"]
+        assert {s["codec_name"] for s in streams} == {"h264", "aac"}
+        assert any(s.get("width") == 640 and s.get("height") == 360 for s in streams)
+
+        # Unsigned, tampered and expired URLs are refused.
+        assert (await client.get("/hls/main/index.m3u8")).status == 403
+        tampered = live_url.replace("sig=", "sig=0")
+        assert (await client.get(tampered)).status == 403
+        query = parse_qs(urlsplit(segment).query)
+        other_seg = f"/hls/main/0.ts?exp={query['exp'][0]}&sig={query['sig'][0]}"
+        assert other_seg != segment and (await client.get(other_seg)).status == 403  # the path is signed
+        expired = await client.get(
+            f"/hls/main/index.m3u8?exp=1&sig={parse_qs(urlsplit(live_url).query)['sig'][0]}"
+        )
+        assert expired.status == 403
+        body = await expired.json()
+        assert "signature" in body["error"]["message"] or "expired" in body["error"]["message"]
+    finally:
+        async with aiohttp.ClientSession() as http:
+            await publisher.stop(http)
+    await until(lambda: not hub.ingests, seconds=20)
+
+    # The live playlist ends; the recording plays as VOD and decodes whole.
+    text = await (await client.get(live_url)).text()
+    assert text.rstrip().endswith("#EXT-X-ENDLIST")
+    vod_url = urls["vod"]
+    r = await client.get(vod_url)
+    assert r.status == 200
+    vod = await r.text()
+    assert "#EXT-X-PLAYLIST-TYPE:VOD" in vod and vod.rstrip().endswith("#EXT-X-ENDLIST")
+    listed = sum(float(line[8:].rstrip(",")) for line in vod.splitlines() if line.startswith("#EXTINF:"))
+    frames = await decoded_frames(str(client.make_url(vod_url)))
+    assert abs(frames / 30 - listed) < 1.0, (frames, listed)  # every listed second is there
+    r = await client.get(f"/api/sessions/{SESSION}/recordings", headers=auth("R1"))
+    recordings = (await r.json())["recordings"]
+    assert recordings[0]["feed"] == "main" and recordings[0]["ended"] is True
+    assert abs(recordings[0]["seconds"] - listed) < 0.01
+
+
+async def test_public_sessions_need_no_signature(client: Any, auth: Any, db: Any) -> None:
+    await live_session(client, auth, db)
+    await db.execute("UPDATE sessions SET audience = 'public' WHERE id = $1", SESSION)
+    await make_feed(client, auth)
+    urls = await (await client.get("/api/feeds/main", headers=auth("R1"))).json()
+    assert urls["hls"] == "/hls/main/index.m3u8" and urls["vod"] == "/vod/main/index.m3u8"
+    r = await client.get(urls["hls"])
+    assert r.status == 404  # not live yet: not a refusal
+    assert (
+        "not live" in (await r.json())["error"]["message"]
+        or "no live HLS" in (await r.json())["error"]["message"]
+    )
+    assert (await client.get("/hls/nope/index.m3u8")).status == 404
