@@ -68,7 +68,7 @@ def ensure_pages() -> None:
         stamp.write_text(wanted)
     bundle = PAGES / "static" / "vendor" / "vendor.js"
     built = PAGES / "node_modules" / ".build-stamp"
-    wanted = wanted + _digest(PAGES / "src" / "vendor.js") + _digest(PAGES / "package.json")
+    wanted = wanted + _digest(*sorted((PAGES / "src").glob("*.js")), PAGES / "package.json")
     if not (bundle.exists() and built.exists() and built.read_text() == wanted):
         if npm is None:
             sys.exit("Tribune's browser pages need Node.js and npm on PATH.")

@@ -21,8 +21,9 @@ from config.settings import Settings
 from streaming.api import STREAMING
 from streaming.clients import WhipPublisher
 from streaming.testsrc import PatternVideo, Tone
+from tests.browser import needs_chromium, open_page
 from tests.test_polls import SESSION, live_session
-from tests.test_whip import make_feed, until
+from tests.test_whip import bearer, make_feed, until
 
 pytestmark = [pytest.mark.usefixtures("loopback_only"), pytest.mark.slow]
 
@@ -33,7 +34,7 @@ needs_ffmpeg = pytest.mark.skipif(FFPROBE is None or FFMPEG is None, reason="nee
 
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
-    return settings.replace(webrtc_host_addresses=("127.0.0.1",))
+    return settings.replace(webrtc_host_addresses=("127.0.0.1",), whep_max_viewers=1)
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -171,3 +172,61 @@ async def test_public_sessions_need_no_signature(client: Any, auth: Any, db: Any
         or "no live HLS" in (await r.json())["error"]["message"]
     )
     assert (await client.get("/hls/nope/index.m3u8")).status == 404
+
+
+@needs_chromium
+async def test_the_viewer_page_falls_back_to_hls_and_plays_the_recording(
+    client: Any, auth: Any, db: Any, browser: Any
+) -> None:
+    """The node is full (one WHEP viewer at most here): the page plays HLS with hls.js; when
+    the session ends it plays the recording."""
+    from streaming.clients import WhepViewer
+
+    await live_session(client, auth, db)
+    key = await make_feed(client, auth)
+    hub = client.server.app[STREAMING]
+    publisher = await publish(client, key)
+    taken = WhepViewer(str(client.make_url("/whep/main")), bearer(auth("R4")), decode=False)
+    try:
+        await until(lambda: hub.live_here("main") is not None, seconds=20)
+        async with aiohttp.ClientSession() as http:
+            await taken.start(http)
+        page = await open_page(browser, f"{client.make_url(f'/watch/{SESSION}')}#token={bearer(auth('R1'))}")
+        await until_page(page, "window.tribune?.page.player?.mode === 'hls'")
+        start = await page.page.evaluate("document.getElementById('video').currentTime")
+        await until_page(page, f"document.getElementById('video').currentTime > {start} + 2")
+        assert await page.page.inner_text("#video-mode") == "HLS"
+        await page.shot("hls-fallback")
+    finally:
+        await taken.stop()
+        async with aiohttp.ClientSession() as http:
+            await publisher.stop(http)
+    await until(lambda: not hub.ingests, seconds=20)
+    r = await client.post(f"/api/sessions/{SESSION}/state", json={"state": "ended"}, headers=auth.admin)
+    assert r.status == 200
+    await until_page(page, "window.tribune?.page.player?.mode === 'vod'", seconds=30)
+    await until_page(page, "document.getElementById('video').currentTime > 2", seconds=30)
+    assert await page.page.inner_text("#video-mode") == "录像"
+    await page.shot("hls-recording")
+    # Expected: the node's 503 that sent the page to HLS, and a 404 if it asked before the
+    # first segment was cut.
+    expected = ("status of 503 (Service Unavailable) (http", "status of 404 (Not Found) (http")
+    unexpected = [
+        e
+        for e in page.errors
+        if not (
+            e.startswith("console: Failed to load resource")
+            and any(x in e for x in expected)
+            and ("/whep/main" in e or "/hls/main/index.m3u8" in e)
+        )
+    ]
+    assert unexpected == [], unexpected
+
+
+async def until_page(page: Any, condition: str, seconds: float = 30) -> None:
+    """Polls a JavaScript condition (the pages' CSP forbids `wait_for_function`'s eval)."""
+    for _ in range(int(seconds * 5)):
+        if await page.page.evaluate(f"() => Boolean({condition})"):
+            return
+        await page.page.wait_for_timeout(200)
+    raise AssertionError(f"timed out waiting for {condition}")

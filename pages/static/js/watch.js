@@ -94,7 +94,10 @@ addStrings(
   },
 );
 
-const page = { session: null, live: null, token: null, maxChars: 500, feed: null, player: null, cooldown: 0 };
+const page = {
+  session: null, live: null, token: null, maxChars: 500, feed: null, player: null, cooldown: 0,
+  mode: new URLSearchParams(location.search).get("video") === "hls" ? "hls" : "webrtc",
+};
 
 function renderHead() {
   const s = page.session;
@@ -212,13 +215,16 @@ async function sendComment(ev) {
   renderCounter();
 }
 
-// Video: the session's first live feed over WHEP; retried while the feed is live.
+// Video: the session's first live feed over WHEP. When WebRTC fails (or the node is full
+// and says so with 503) the page falls back to HLS through hls.js; after the session it
+// plays the recording.
 let videoState = "waiting";
 let videoMessage = "";
 function renderVideoStatus() {
   const text = videoState === "playing" ? "" : videoState === "failed"
     ? t("video.failed", { message: videoMessage }) : t(`video.${videoState}`);
   $("video-status").textContent = text;
+  $("video-mode").textContent = page.player && videoState === "playing" ? t(`video.mode.${page.player.mode}`) : "";
 }
 
 function setVideo(state, message = "") {
@@ -227,21 +233,66 @@ function setVideo(state, message = "") {
   renderVideoStatus();
 }
 
+function whenPlaying() {
+  $("video").addEventListener("playing", () => setVideo("playing"), { once: true });
+}
+
 async function startVideo() {
   if (page.player || !page.feed) return;
+  if (page.session.state === "ended") { playHls("vod"); return; }
+  if (page.mode === "hls") { playHls("hls"); return; }
   const feed = page.feed;
   setVideo("connecting");
+  let playing = false;
+  $("video").addEventListener("playing", () => { playing = true; }, { once: true });
   try {
     page.player = await watch(feed, page.token, $("video"), () => {
       page.player = null;
-      if (page.live.feeds.get(feed)?.live !== false) setTimeout(startVideo, 2000);
+      if (!playing) page.mode = "hls"; // WebRTC never got through: HLS from now on
+      if (page.live.feeds.get(feed)?.live !== false) setTimeout(startVideo, 1000);
     });
-    $("video").addEventListener("playing", () => setVideo("playing"), { once: true });
+    page.player.mode = "webrtc";
+    whenPlaying();
   } catch (err) {
     page.player = null;
     if (err.status === 404) { setVideo("waiting"); return; } // not live yet: feed.live will say
-    setVideo("failed", err.message);
-    setTimeout(startVideo, 3000);
+    page.mode = "hls"; // the node is full (503), or WebRTC is blocked here
+    playHls("hls");
+  }
+}
+
+async function playHls(kind) {
+  if (page.player || !page.feed) return;
+  const video = $("video");
+  setVideo(kind === "vod" ? "recording" : "connecting");
+  try {
+    const urls = await api(`/api/feeds/${encodeURIComponent(page.feed)}`);
+    const src = urls[kind];
+    const { Hls } = await import("/static/vendor/hls.js");
+    let hls = null;
+    if (Hls.isSupported()) {
+      hls = new Hls({ enableWorker: false, lowLatencyMode: true, liveSyncDurationCount: 2 });
+      hls.on(Hls.Events.ERROR, (_, data) => {
+        if (!data.fatal) return;
+        stopVideo(kind === "vod" ? "recording" : "connecting");
+        setVideo("failed", data.details || data.type);
+        setTimeout(() => playHls(kind), 3000);
+      });
+      hls.loadSource(src);
+      hls.attachMedia(video);
+    } else if (video.canPlayType("application/vnd.apple.mpegurl")) {
+      video.src = src; // Safari and iOS play HLS themselves
+    } else {
+      throw new Error(t("video.no_hls"));
+    }
+    page.player = { mode: kind, hls, stop() { if (hls) hls.destroy(); video.removeAttribute("src"); video.load(); } };
+    whenPlaying();
+    video.play().catch(() => {});
+  } catch (err) {
+    page.player = null;
+    if (err.status === 404 && kind === "vod") { setVideo("no_recording"); return; }
+    if (err.status === 404) { setVideo("waiting"); setTimeout(() => playHls(kind), 3000); return; }
+    setVideo("failed", errorText(err));
   }
 }
 
@@ -256,7 +307,8 @@ async function findFeed() {
   const { feeds } = await api(`/api/sessions/${encodeURIComponent(page.session.id)}/feeds`);
   const live = feeds.find((f) => f.state === "live");
   page.feed = (live || feeds[0] || {}).id || null;
-  if (live) startVideo();
+  if (page.session.state === "ended" && page.feed) playHls("vod");
+  else if (live) startVideo();
   else setVideo(page.session.state === "ended" ? "ended" : "waiting");
 }
 
@@ -287,7 +339,10 @@ async function main() {
     else if (ev.type === "session.state") {
       page.session.state = ev.data.state;
       renderHead();
-      if (ev.data.state === "ended") stopVideo("ended");
+      if (ev.data.state === "ended") {
+        stopVideo("ended");
+        setTimeout(() => playHls("vod"), 3000); // the recording, once the feed has closed it
+      }
     } else if (ev.type === "feed.live" && (!page.feed || ev.data.feed === page.feed)) {
       page.feed = ev.data.feed;
       startVideo();
