@@ -37,6 +37,7 @@ class WrongKey(RecorderError, Unauthorized):
 class FeedSpec(msgspec.Struct, forbid_unknown_fields=True):
     id: Annotated[str, msgspec.Meta(pattern=f"^{FEED_ID}$")]
     session: Annotated[str, msgspec.Meta(pattern=f"^{SESSION_ID}$")]
+    delay: Annotated[int, msgspec.Meta(ge=0, le=300)] = 0  # seconds the public output trails live
 
 
 def new_key() -> str:
@@ -55,6 +56,8 @@ def view(row: asyncpg.Record) -> dict[str, Any]:
         "live_since": row["live_since"].isoformat() if row["live_since"] else None,
         "key_version": row["key_version"],
         "rotated_at": row["rotated_at"].isoformat() if row["rotated_at"] else None,
+        "delay": row["delay_seconds"],
+        "cut": row["cut"],
     }
 
 
@@ -71,12 +74,13 @@ async def create(pool: asyncpg.Pool, spec: FeedSpec, actor: str) -> tuple[dict[s
         if not await conn.fetchval("SELECT true FROM sessions WHERE id = $1", spec.session):
             raise SessionNotFound(f"no session {spec.session!r}; create the session first")
         row = await conn.fetchrow(
-            """INSERT INTO feeds (id, session_id, source, stream_key_hash, created_by)
-               VALUES ($1, $2, 'whip', $3, $4) ON CONFLICT (id) DO NOTHING RETURNING *""",
+            """INSERT INTO feeds (id, session_id, source, stream_key_hash, created_by, delay_seconds)
+               VALUES ($1, $2, 'whip', $3, $4, $5) ON CONFLICT (id) DO NOTHING RETURNING *""",
             spec.id,
             spec.session,
             digest(key),
             actor,
+            spec.delay,
         )
         if row is None:
             raise FeedExists(f"feed {spec.id!r} exists; rotate its key with POST /api/feeds/{spec.id}/key")
@@ -84,7 +88,7 @@ async def create(pool: asyncpg.Pool, spec: FeedSpec, actor: str) -> tuple[dict[s
             "INSERT INTO audit_log (actor, action, target, detail) VALUES ($1, 'feed.create', $2, $3)",
             actor,
             spec.id,
-            {"session": spec.session},
+            {"session": spec.session, "delay": spec.delay},
         )
     return view(row), key
 
@@ -129,6 +133,32 @@ async def authorize(pool: asyncpg.Pool, feed_id: str, key: str) -> asyncpg.Recor
 async def list_for_session(pool: asyncpg.Pool, session_id: str) -> list[dict[str, Any]]:
     rows = await pool.fetch("SELECT * FROM feeds WHERE session_id = $1 ORDER BY id", session_id)
     return [view(r) for r in rows]
+
+
+async def set_cut(
+    pool: asyncpg.Pool, feed_id: str, cut: bool, actor: str
+) -> tuple[dict[str, Any], list[events.Event]]:
+    """The kill switch: the public output shows the slate from now until released. Audited,
+    with a `feed.cut` event in the session's log."""
+    async with pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(
+            """UPDATE feeds SET cut = $2, cut_at = CASE WHEN $2 THEN now() ELSE cut_at END
+                WHERE id = $1 RETURNING *""",
+            feed_id,
+            cut,
+        )
+        if row is None:
+            raise FeedNotFound(f"no feed {feed_id!r}")
+        await conn.execute(
+            "INSERT INTO audit_log (actor, action, target, detail) VALUES ($1, $2, $3, $4)",
+            actor,
+            "feed.cut" if cut else "feed.restore",
+            feed_id,
+            {"session": row["session_id"]},
+        )
+        data = {"feed": feed_id, "cut": cut}
+        appended = await events.append(conn, row["session_id"], [events.NewEvent("feed.cut", data)])
+    return view(row), appended
 
 
 async def mark_live(pool: asyncpg.Pool, feed_id: str, node: str) -> tuple[str, list[events.Event]]:

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import asyncpg
+import msgspec
 from aiohttp import web
 
 from config import keys
@@ -143,7 +144,8 @@ async def whep_view(request: web.Request) -> web.StreamResponse:
             raise FeedNotLive(f"feed {feed_id!r} is not live; its page switches when it goes live")
         location = f"{owner['url']}/whep/{feed_id}"
         return _cors(request, web.Response(status=307, headers={"Location": location}))
-    viewer, answer = await hub.view(feed_id, who.rep, offer, "audio" in kinds)
+    staff = who.has(Role.HOST, Role.MODERATOR, Role.ADMIN)
+    viewer, answer = await hub.view(feed_id, who.rep, offer, "audio" in kinds, staff=staff)
     return _answer(request, "whep", feed_id, viewer.resource, answer)
 
 
@@ -305,6 +307,27 @@ async def vod_segment(request: web.Request) -> web.Response:
     return _media(data, "video/mp2t", f"{'public' if public else 'private'}, max-age=86400, immutable")
 
 
+class CutSpec(msgspec.Struct, forbid_unknown_fields=True):
+    cut: bool
+
+
+async def cut_feed(request: web.Request) -> web.Response:
+    """The host's kill switch: `{"cut": true}` shows the slate to the public until
+    `{"cut": false}`."""
+    feed_id = ledger.check_id(request.match_info["feed"])
+    who = caller(request)
+    require_role(who, Role.HOST, action="cutting a feed's public output")
+    pool = request.app[keys.DB]
+    feed = await ledger.get(pool, feed_id)
+    await sessions.get_for(pool, feed["session_id"], who)
+    spec = await read_json(request, CutSpec, limit=1024)
+    view, appended = await ledger.set_cut(pool, feed_id, spec.cut, who.rep)
+    hub = request.app[STREAMING]
+    await hub.apply_cut(feed_id, spec.cut)
+    await hub.committed(feed["session_id"], appended)
+    return json_response({"feed": view})
+
+
 async def session_feeds(request: web.Request) -> web.Response:
     who = caller(request)
     session = await sessions.get_for(request.app[keys.DB], request.match_info["session"], who)
@@ -349,6 +372,7 @@ def attach(app: web.Application) -> Streaming:
     r.add_post("/api/feeds", create_feed)
     r.add_get("/api/feeds/{feed}", get_feed)
     r.add_post("/api/feeds/{feed}/key", rotate_key)
+    r.add_post("/api/feeds/{feed}/cut", cut_feed)
     r.add_get("/api/sessions/{session}/feeds", session_feeds)
     r.add_get("/api/sessions/{session}/recordings", session_recordings)
     r.add_get("/hls/{feed}/index.m3u8", hls_playlist)

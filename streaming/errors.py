@@ -23,3 +23,7 @@ class FeedNotLive(StreamingError, NotFound):
 
 class NodeFull(StreamingError, Unavailable):
     pass
+
+
+class PublicOnHls(StreamingError, Conflict):
+    """A delayed or cut feed: the public watches its HLS output, not the live WebRTC one."""

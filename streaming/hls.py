@@ -14,6 +14,8 @@ HMAC over the feed, the path and the expiry (`sign` / `verify`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import hashlib
 import hmac
 import io
@@ -47,6 +49,9 @@ class Segment:
     duration: float  # seconds
     started_at: datetime  # wall clock of its first frame
     data: bytes
+    first_pts: int = 0  # 90 kHz, where its video starts
+    size: tuple[int, int] = (0, 0)
+    slate: bool = False
 
 
 @dataclass
@@ -131,7 +136,6 @@ class Segmenter:
         self._video_base: int | None = None  # the feed's first video pts: audio starts there
         self._tasks: set[asyncio.Future[None]] = set()
         self._chain: asyncio.Future[None] | None = None
-        self._counters: dict[int, int] = {}  # TS continuity counters, carried across segments
 
     # --- input ----------------------------------------------------------------------------
 
@@ -197,8 +201,8 @@ class Segmenter:
             data = await asyncio.to_thread(mux_ts, pending.video, pending.audio, size, extradata)
             if previous is not None:
                 await previous  # segments reach the bus in order
-            data = continue_counters(data, self._counters)
-            await self.on_segment(Segment(self.feed_id, seq, duration, pending.started_at, data))
+            first = int(pending.first_pts or 0)
+            await self.on_segment(Segment(self.feed_id, seq, duration, pending.started_at, data, first, size))
 
         task = asyncio.ensure_future(publish())
         self._chain = task
@@ -216,6 +220,139 @@ class Segmenter:
         self._pending = _Pending()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+# --- what the public sees: delay and the kill switch -----------------------------------------
+
+
+def _slate_frame(width: int, height: int) -> av.VideoFrame:
+    """Dark grey with a white pause sign: the picture while a feed is cut."""
+    y = bytearray([40]) * (width * height)
+    bar_w, bar_h = max(2, width // 24), max(2, height // 4)
+    top = (height - bar_h) // 2
+    for left in (width // 2 - 2 * bar_w, width // 2 + bar_w):
+        for row in range(top, top + bar_h):
+            y[row * width + left : row * width + left + bar_w] = b"\xeb" * bar_w
+    frame = av.VideoFrame(width, height, "yuv420p")
+    _fill(frame, 0, y, width)
+    chroma = bytearray([128]) * ((width // 2) * (height // 2))
+    _fill(frame, 1, chroma, width // 2)
+    _fill(frame, 2, chroma, width // 2)
+    return frame
+
+
+def _fill(frame: av.VideoFrame, plane: int, data: bytearray, width: int) -> None:
+    stride = frame.planes[plane].line_size
+    padded = bytearray(stride * (len(data) // width))
+    for row in range(len(data) // width):
+        padded[row * stride : row * stride + width] = data[row * width : (row + 1) * width]
+    frame.planes[plane].update(bytes(padded))
+
+
+def slate_segment(segment: Segment, fps: int = 10) -> Segment:
+    """A segment of the same times and size as `segment` showing the slate, with silence."""
+    width, height = segment.size if segment.size[0] else (640, 360)
+    video = av.CodecContext.create("libx264", "w")
+    assert isinstance(video, av.VideoCodecContext)
+    video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+    video.time_base = Fraction(1, VIDEO_CLOCK)
+    video.options = {"preset": "ultrafast", "tune": "zerolatency", "profile": "baseline",
+                     "x264-params": "repeat-headers=1"}  # fmt: skip
+    video.open()
+    picture = _slate_frame(width, height)
+    frames = max(1, round(segment.duration * fps))
+    vpackets = []
+    for n in range(frames + 1):
+        frame = picture if n < frames else None
+        if frame is not None:
+            frame.pts = segment.first_pts + n * VIDEO_CLOCK // fps
+            frame.time_base = Fraction(1, VIDEO_CLOCK)
+        for packet in video.encode(frame):
+            packet.time_base = Fraction(1, VIDEO_CLOCK)
+            vpackets.append(packet)
+    aac = av.CodecContext.create("aac", "w")
+    assert isinstance(aac, av.AudioCodecContext)
+    aac.sample_rate, aac.layout, aac.format, aac.bit_rate = AAC_RATE, "stereo", "fltp", 64_000
+    aac.time_base = Fraction(1, AAC_RATE)
+    aac.open()
+    apackets = []
+    start = segment.first_pts * AAC_RATE // VIDEO_CLOCK
+    samples = int(segment.duration * AAC_RATE)
+    for at in range(0, samples, aac.frame_size):
+        silence = av.AudioFrame(format="fltp", layout="stereo", samples=aac.frame_size)
+        silence.sample_rate = AAC_RATE
+        for plane in silence.planes:
+            plane.update(bytes(plane.buffer_size))
+        silence.pts, silence.time_base = start + at, Fraction(1, AAC_RATE)
+        for packet in aac.encode(silence):
+            packet.time_base = Fraction(1, AAC_RATE)
+            apackets.append(packet)
+    data = mux_ts(vpackets, apackets, (width, height), aac.extradata)
+    return Segment(
+        segment.feed_id, segment.seq, segment.duration, segment.started_at, data,
+        segment.first_pts, (width, height), slate=True,
+    )  # fmt: skip
+
+
+class Output:
+    """The public output of a feed: its segments `delay` seconds late, and the slate instead
+    of the picture while it is cut. What it emits is what the bus serves and the recording
+    keeps, so a cut picture is in neither."""
+
+    def __init__(self, feed_id: str, *, delay: float, emit: Callable[[Segment], Awaitable[None]]) -> None:
+        self.feed_id = feed_id
+        self.delay = delay
+        self.emit = emit
+        self.cut = False
+        self.slates = 0
+        self._queue: list[tuple[float, Segment]] = []
+        self._wake = asyncio.Event()
+        self._counters: dict[int, int] = {}  # TS continuity counters, carried across segments
+        self._pump: asyncio.Task[None] | None = None
+        self._closing = False
+
+    def start(self) -> None:
+        self._pump = asyncio.create_task(self._run(), name=f"feed {self.feed_id} public output")
+
+    def set_cut(self, cut: bool) -> None:
+        """Takes effect at once, also on the segments still held back by the delay."""
+        self.cut = cut
+
+    async def add(self, segment: Segment) -> None:
+        self._queue.append((time.monotonic() + self.delay, segment))
+        self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            if not self._queue:
+                if self._closing:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            due, segment = self._queue[0]
+            wait = 0.0 if self._closing else due - time.monotonic()
+            if wait > 0:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), wait)
+                continue
+            self._queue.pop(0)
+            try:
+                if self.cut:
+                    segment = await asyncio.to_thread(slate_segment, segment)
+                    self.slates += 1
+                data = continue_counters(segment.data, self._counters)
+                await self.emit(dataclasses.replace(segment, data=data))
+            except Exception as exc:
+                log.warning("feed %s: segment %d not published: %r", self.feed_id, segment.seq, exc)
+
+    async def close(self) -> None:
+        """Publishes what is held back (the delay no longer matters once the feed ended)."""
+        self._closing = True
+        self._wake.set()
+        if self._pump is not None:
+            await self._pump
 
 
 # --- the bus ----------------------------------------------------------------------------

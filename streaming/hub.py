@@ -29,7 +29,7 @@ from config.settings import Settings
 from recorder import feeds as ledger
 from streaming import hls, relay, rtc
 from streaming.broadcast import Broadcast
-from streaming.errors import BadOffer, FeedBusy, FeedNotLive, NodeFull
+from streaming.errors import BadOffer, FeedBusy, FeedNotLive, NodeFull, PublicOnHls
 
 log = logging.getLogger("tribune.streaming")
 
@@ -53,7 +53,9 @@ class Ingest:
     broadcast: Broadcast
     claim: str  # the value of our Redis registration
     segmenter: hls.Segmenter | None = None
+    output: hls.Output | None = None
     recording: hls.Recording | None = None
+    delay: float = 0.0
     live: bool = False
     ended: bool = False
     settled: asyncio.Event = field(default_factory=asyncio.Event)  # connected, or gone
@@ -65,6 +67,7 @@ class Viewer:
     resource: str
     rep: str
     pc: RTCPeerConnection
+    staff: bool = False
     tracks: list[relay.ViewerTrack] = field(default_factory=list)
     created: float = field(default_factory=time.monotonic)
     closed: bool = False
@@ -107,10 +110,11 @@ class Streaming:
         if pruned:
             log.info("removed %d recordings older than %s days", pruned, s.recording_retention_days)
         for session_id, appended in await ledger.end_all_of(pool, self.node, "node_restarted"):
-            await self._committed(session_id, appended)
+            await self.committed(session_id, appended)
         self._loops = [
             asyncio.create_task(self._renew_loop(), name="feed leases"),
             asyncio.create_task(self._sweep_loop(), name="feed sweeper"),
+            asyncio.create_task(self._cut_loop(), name="kill switches"),
         ]
 
     async def stop(self) -> None:
@@ -131,7 +135,8 @@ class Streaming:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _committed(self, session_id: str, appended: Sequence[Any]) -> None:
+    async def committed(self, session_id: str, appended: Sequence[Any]) -> None:
+        """Events written by the video side reach the live channel (pages switch at once)."""
         if self._sink is not None and appended:
             await self._sink.committed(session_id, appended)
 
@@ -173,7 +178,8 @@ class Streaming:
             on_keyframe=lambda cause: self.metrics.keyframes.labels(cause).inc(),
         )
         ingest = Ingest(feed_id, feed["session_id"], resource, pc, broadcast, claim)
-        self._package(ingest)
+        ingest.delay = float(feed["delay_seconds"])
+        self._package(ingest, cut=bool(feed["cut"]))
         self.ingests[feed_id] = ingest
         self.metrics.feeds_live.set(len(self.ingests))
         try:
@@ -184,13 +190,14 @@ class Streaming:
         self._spawn(self._handshake_deadline(ingest), f"whip {feed_id} handshake")
         return ingest, answer
 
-    def _package(self, ingest: Ingest) -> None:
-        """HLS for everyone else: segments to the bus and to the feed's recording."""
+    def _package(self, ingest: Ingest, *, cut: bool) -> None:
+        """HLS for everyone else: segments through the public output (delay, kill switch) to
+        the bus and to the feed's recording."""
         recording = hls.Recording(self.recordings, ingest.feed_id)
         bus = self.bus
         target = self.settings.hls_segment_seconds
 
-        async def on_segment(segment: hls.Segment) -> None:
+        async def emit(segment: hls.Segment) -> None:
             await recording.add(segment)
             if bus is not None:
                 await bus.publish(segment, target)
@@ -199,22 +206,54 @@ class Streaming:
             context = ingest.broadcast.video.context
             return (context.width, context.height) if context is not None else (0, 0)
 
-        segmenter = hls.Segmenter(ingest.feed_id, target=target, size=size, on_segment=on_segment)
+        output = hls.Output(ingest.feed_id, delay=ingest.delay, emit=emit)
+        output.set_cut(cut)
+        output.start()
+        segmenter = hls.Segmenter(ingest.feed_id, target=target, size=size, on_segment=output.add)
         ingest.broadcast.add(segmenter)
         ingest.broadcast.audio_listeners.add(segmenter.audio_frame)
-        ingest.segmenter, ingest.recording = segmenter, recording
+        ingest.segmenter, ingest.output, ingest.recording = segmenter, output, recording
 
     async def _finish_packaging(self, ingest: Ingest) -> None:
-        if ingest.segmenter is None:
+        if ingest.segmenter is None or ingest.output is None:
             return
         try:
             await ingest.segmenter.finish()
+            await ingest.output.close()
             if ingest.recording is not None:
                 await ingest.recording.close()
             if self.bus is not None:
                 await self.bus.end(ingest.feed_id)
         except Exception as exc:
             log.warning("feed %s: HLS not finished cleanly: %r", ingest.feed_id, exc)
+
+    async def apply_cut(self, feed_id: str, cut: bool) -> None:
+        """The kill switch on this node: the public output shows the slate (or the picture
+        again), and viewers who are not staff leave WebRTC for the HLS output."""
+        ingest = self.ingests.get(feed_id)
+        if ingest is None or ingest.output is None or ingest.output.cut == cut:
+            return
+        ingest.output.set_cut(cut)
+        log.warning("feed %s: public output %s", feed_id, "cut to the slate" if cut else "restored")
+        if cut:
+            for viewer in [v for v in self.viewers.values() if v.feed_id == feed_id and not v.staff]:
+                await self.close_viewer(viewer)
+
+    async def _cut_loop(self) -> None:
+        """Picks up kill switches pressed on other nodes (the ledger holds the state)."""
+        while True:
+            await asyncio.sleep(0.5)
+            if not self.ingests:
+                continue
+            try:
+                rows = await self.pool.fetch(
+                    "SELECT id, cut FROM feeds WHERE id = ANY($1)", list(self.ingests)
+                )
+            except Exception as exc:
+                log.warning("kill switches not read: %r", exc)
+                continue
+            for row in rows:
+                await self.apply_cut(row["id"], row["cut"])
 
     async def _answer_publisher(self, ingest: Ingest, offer: str) -> str:
         pc = ingest.pc
@@ -246,7 +285,7 @@ class Streaming:
 
     async def _went_live(self, ingest: Ingest) -> None:
         session_id, appended = await ledger.mark_live(self.pool, ingest.feed_id, self.node)
-        await self._committed(session_id, appended)
+        await self.committed(session_id, appended)
         log.info("feed %s is live", ingest.feed_id)
         self._spawn(self._watch_encoder(ingest), f"whip {ingest.feed_id} encoder")
 
@@ -281,7 +320,7 @@ class Streaming:
             if ingest.live and (
                 ended := await ledger.mark_ended(self.pool, ingest.feed_id, self.node, reason)
             ):
-                await self._committed(*ended)
+                await self.committed(*ended)
         except Exception as exc:  # the sweeper ends it once the lease lapses
             log.warning("feed %s: could not record its end now (%r); the sweeper will", ingest.feed_id, exc)
         log.info("feed %s ended: %s", ingest.feed_id, reason)
@@ -320,7 +359,7 @@ class Streaming:
                 continue
             if ended := await ledger.mark_ended(self.pool, row["id"], row["node"], "owner_lost"):
                 log.warning("feed %s: its node %s is gone; marked ended", row["id"], row["node"])
-                await self._committed(*ended)
+                await self.committed(*ended)
 
     # --- viewers (WHEP) ----------------------------------------------------------------------
 
@@ -328,15 +367,22 @@ class Streaming:
         ingest = self.ingests.get(feed_id)
         return ingest if ingest is not None and ingest.live and not ingest.ended else None
 
-    async def view(self, feed_id: str, rep: str, offer: str, has_audio: bool) -> tuple[Viewer, str]:
+    async def view(
+        self, feed_id: str, rep: str, offer: str, has_audio: bool, *, staff: bool = False
+    ) -> tuple[Viewer, str]:
         ingest = self.live_here(feed_id)
         if ingest is None:
             raise FeedNotLive(f"feed {feed_id!r} is not live on this node")
+        if not staff and (ingest.delay or (ingest.output is not None and ingest.output.cut)):
+            raise PublicOnHls(
+                f"feed {feed_id!r} reaches the public {'cut' if ingest.delay == 0 else 'delayed'}: "
+                "play its HLS output (the hls URL of GET /api/feeds/{id})"
+            )
         if len(self.viewers) >= self.settings.whep_max_viewers:
             raise NodeFull("this node serves as many viewers as it may; try again shortly")
         broadcast = ingest.broadcast
         pc = RTCPeerConnection(rtc.configuration(self.settings))
-        viewer = Viewer(feed_id, new_resource_id(), rep, pc)
+        viewer = Viewer(feed_id, new_resource_id(), rep, pc, staff=staff)
         self.viewers[viewer.resource] = viewer
         self.metrics.whep_viewers.set(len(self.viewers))
         try:

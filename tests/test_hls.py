@@ -8,6 +8,7 @@ import asyncio
 import json
 import shutil
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -17,9 +18,10 @@ import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
 
 from config.app import create_app
+from config.auth import Role
 from config.settings import Settings
 from streaming.api import STREAMING
-from streaming.clients import WhipPublisher
+from streaming.clients import WhepViewer, WhipError, WhipPublisher
 from streaming.testsrc import PatternVideo, Tone
 from tests.browser import needs_chromium, open_page
 from tests.test_polls import SESSION, live_session
@@ -180,8 +182,6 @@ async def test_the_viewer_page_falls_back_to_hls_and_plays_the_recording(
 ) -> None:
     """The node is full (one WHEP viewer at most here): the page plays HLS with hls.js; when
     the session ends it plays the recording."""
-    from streaming.clients import WhepViewer
-
     await live_session(client, auth, db)
     key = await make_feed(client, auth)
     hub = client.server.app[STREAMING]
@@ -230,3 +230,116 @@ async def until_page(page: Any, condition: str, seconds: float = 30) -> None:
             return
         await page.page.wait_for_timeout(200)
     raise AssertionError(f"timed out waiting for {condition}")
+
+
+def first_picture_is_slate(segment: bytes) -> bool:
+    """Decodes the segment's first picture: the slate is dark grey with a white pause sign,
+    the test pattern is colour bars and a moving picture."""
+    import io
+
+    import av
+
+    with av.open(io.BytesIO(segment)) as container:
+        frame = next(container.decode(video=0))
+        plane = frame.planes[0]
+        luma = bytes(plane)
+        w, h, stride = frame.width, frame.height, plane.line_size
+
+        def y(x: int, row: int) -> int:
+            return luma[row * stride + x]
+
+        bar_x = w // 2 - 2 * max(2, w // 24) + 2
+        return abs(y(8, 8) - 40) < 12 and abs(y(w - 8, h - 8) - 40) < 12 and y(bar_x, h // 2) > 200
+
+
+async def test_delay_and_kill_switch(client: Any, auth: Any, db: Any) -> None:
+    await live_session(client, auth, db)
+    r = await client.post(
+        "/api/feeds", json={"id": "main", "session": SESSION, "delay": 4}, headers=auth.admin
+    )
+    assert r.status == 201 and (await r.json())["feed"]["delay"] == 4
+    key = (await r.json())["key"]
+    hub = client.server.app[STREAMING]
+    host = auth("H1", Role.HOST)
+    publisher = await publish(client, key)
+    try:
+        await until(lambda: hub.live_here("main") is not None, seconds=20)
+        # The public does not get the real-time picture of a delayed feed.
+        viewer = WhepViewer(str(client.make_url("/whep/main")), bearer(auth("R1")), decode=False)
+        async with aiohttp.ClientSession() as http:
+            with pytest.raises(WhipError) as refused:
+                await viewer.start(http)
+        assert refused.value.status == 409 and "HLS" in refused.value.body
+        await until(lambda: hub.ingests["main"].segmenter.seq >= 3, seconds=30)
+        urls = await (await client.get("/api/feeds/main", headers=auth("R1"))).json()
+
+        async def public() -> list[tuple[int, datetime]]:
+            r = await client.get(urls["hls"])
+            if r.status == 404:
+                return []
+            lines = (await r.text()).splitlines()
+            times = [
+                datetime.fromisoformat(x.split(":", 1)[1]) for x in lines if x.startswith("#EXT-X-PROGRAM")
+            ]
+            seqs = [int(x.split("/")[3].split(".")[0]) for x in lines if x.startswith("/hls/")]
+            return list(zip(seqs, times, strict=True))
+
+        async def wait_public(condition: Any) -> list[tuple[int, datetime]]:
+            for _ in range(150):
+                if condition(shown := await public()):
+                    return shown
+                await asyncio.sleep(0.1)
+            raise AssertionError("timed out")
+
+        # The public output trails live: its newest segment began at least 4 s ago.
+        shown = await wait_public(lambda s: len(s) >= 1)
+        newest = shown[-1][1]
+        assert (datetime.now(UTC) - newest).total_seconds() >= 4 - 0.5, shown
+        before_cut = shown[-1][0]
+        for seq, _ in shown:
+            assert not first_picture_is_slate(await (await client.get(segment_url(client, seq))).read())
+
+        # The kill switch: every segment published from now on is the slate, including those
+        # held back by the delay when it was pressed; the recording keeps the slate too.
+        r = await client.post("/api/feeds/main/cut", json={"cut": True}, headers=host)
+        assert r.status == 200 and (await r.json())["feed"]["cut"] is True
+        cut_at_seq = hub.ingests["main"].segmenter.seq  # segments cut before the press
+        assert cut_at_seq > before_cut + 1  # some were still held back by the delay
+        shown = await wait_public(lambda s: s and s[-1][0] >= cut_at_seq + 1)
+        for seq in range(before_cut + 1, shown[-1][0] + 1):
+            data = await (await client.get(segment_url(client, seq))).read()
+            assert first_picture_is_slate(data), seq
+            recorded = hub.ingests["main"].recording.dir / f"{seq}.ts"
+            assert first_picture_is_slate(recorded.read_bytes()), seq
+        assert (
+            await client.post("/api/feeds/main/cut", json={"cut": True}, headers=auth("R1"))
+        ).status == 403
+
+        # Released: the picture returns once the delay has passed.
+        r = await client.post("/api/feeds/main/cut", json={"cut": False}, headers=host)
+        assert r.status == 200
+        released_at = hub.ingests["main"].segmenter.seq
+        shown = await wait_public(lambda s: s and s[-1][0] > released_at)
+        data = await (await client.get(segment_url(client, shown[-1][0]))).read()
+        assert not first_picture_is_slate(data)
+    finally:
+        async with aiohttp.ClientSession() as http:
+            await publisher.stop(http)
+    actions = [
+        r["action"] for r in await db.fetch("SELECT action FROM audit_log WHERE target = 'main' ORDER BY id")
+    ]
+    assert actions == ["feed.create", "feed.cut", "feed.restore"]
+    events = await db.fetch(
+        "SELECT data FROM events WHERE session_id = $1 AND type = 'feed.cut' ORDER BY seq", SESSION
+    )
+    assert [
+        json.loads(e["data"])["cut"] if isinstance(e["data"], str) else e["data"]["cut"] for e in events
+    ] == [True, False]
+
+
+def segment_url(client: Any, seq: int) -> str:
+    """A signed URL of a live segment, also of one no longer in the playlist's window."""
+    from streaming.api import HLS_KEY
+    from streaming.hls import sign
+
+    return sign(client.server.app[HLS_KEY], "main", f"/hls/main/{seq}.ts", 600)
