@@ -343,3 +343,50 @@ def segment_url(client: Any, seq: int) -> str:
     from streaming.hls import sign
 
     return sign(client.server.app[HLS_KEY], "main", f"/hls/main/{seq}.ts", 600)
+
+
+PIXEL = """() => {
+  const v = document.getElementById('video');
+  const c = document.createElement('canvas');
+  c.width = v.videoWidth; c.height = v.videoHeight;
+  const g = c.getContext('2d');
+  g.drawImage(v, 0, 0);
+  return Array.from(g.getImageData(8, 8, 1, 1).data.slice(0, 3));
+}"""
+
+
+@needs_chromium
+async def test_the_host_cuts_the_public_output_from_the_host_page(
+    client: Any, auth: Any, db: Any, browser: Any
+) -> None:
+    await live_session(client, auth, db)
+    key = await make_feed(client, auth)
+    hub = client.server.app[STREAMING]
+    publisher = await publish(client, key)
+    try:
+        await until(lambda: hub.live_here("main") is not None, seconds=20)
+        base = client.make_url("")
+        viewer = await open_page(browser, f"{base}/watch/{SESSION}#token={bearer(auth('R1'))}")
+        await until_page(viewer, "window.tribune?.page.player?.mode === 'webrtc'")
+        await until_page(viewer, "document.getElementById('video').videoWidth > 0")
+        host = await open_page(browser, f"{base}/host/{SESSION}#token={bearer(auth('H1', Role.HOST))}")
+        await host.page.locator("#cut:not([disabled])", has_text="切断公开画面").wait_for()
+        await host.page.click("#cut")
+        await host.page.locator("#cut-state", has_text="已切断").wait_for()
+        # The representative's page leaves WebRTC for the HLS output, which shows the slate.
+        await until_page(viewer, "window.tribune?.page.player?.mode === 'hls'", seconds=30)
+        for _ in range(100):
+            r, g, b = await viewer.page.evaluate(PIXEL)
+            if max(r, g, b) < 50 and max(r, g, b) - min(r, g, b) < 8:
+                break
+            await viewer.page.wait_for_timeout(300)
+        assert max(r, g, b) < 50 and max(r, g, b) - min(r, g, b) < 8, (r, g, b)
+        await viewer.shot("kill-switch-viewer")
+        await host.shot("kill-switch-host")
+        assert await db.fetchval("SELECT cut FROM feeds WHERE id = 'main'") is True
+        await host.page.click("#cut")
+        await host.page.locator("#cut-state", has_text="公开画面正常").wait_for()
+        assert host.errors == []
+    finally:
+        async with aiohttp.ClientSession() as http:
+            await publisher.stop(http)

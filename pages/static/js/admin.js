@@ -97,6 +97,9 @@ addStrings(
     "admin.feeds.none": "这场会议还没有视频源。",
     "admin.feeds.new_id": "新视频源编号",
     "admin.feeds.id_hint": "规则同会议编号，如 main、hall-2。",
+    "admin.feeds.delay": "公开画面延时（秒）",
+    "admin.feeds.delay_hint": "庭审等场合可设 0–300 秒：公众看到的画面比现场晚这么多秒，主持人可在此期间切断。",
+    "admin.v.delay": "延时应为 0–300 之间的整数秒。",
     "admin.feeds.create": "创建视频源",
     "admin.feeds.created": "已创建视频源 {id}。",
     "admin.feeds.rotate": "更换密钥",
@@ -269,6 +272,9 @@ addStrings(
     "admin.feeds.none": "This session has no feeds yet.",
     "admin.feeds.new_id": "New feed id",
     "admin.feeds.id_hint": "Same rules as session ids, e.g. main, hall-2.",
+    "admin.feeds.delay": "Public delay (seconds)",
+    "admin.feeds.delay_hint": "0–300 s, e.g. for court hearings: the public sees the picture this much later, and the host can cut it meanwhile.",
+    "admin.v.delay": "The delay is a whole number of seconds from 0 to 300.",
     "admin.feeds.create": "Create feed",
     "admin.feeds.created": "Feed {id} created.",
     "admin.feeds.rotate": "New key",
@@ -686,9 +692,11 @@ async function createFeed(ev) {
   const id = $("feed-id").value.trim();
   if (!session) return invalid("feed-status", "feed-session", "admin.pick_session");
   if (!ID_PATTERN.test(id)) return invalid("feed-status", "feed-id", "admin.v.feed_id");
+  const delay = Number($("feed-delay").value || 0);
+  if (!Number.isInteger(delay) || delay < 0 || delay > 300) return invalid("feed-status", "feed-delay", "admin.v.delay");
   await busy($("feed-submit"), async () => {
     try {
-      const created = await api("/api/feeds", { method: "POST", body: { id, session } });
+      const created = await api("/api/feeds", { method: "POST", body: { id, session, delay } });
       showKey(created.feed.id, created.key, created.whip);
       tell("feed-status", () => t("admin.feeds.created", { id }), "ok");
       await loadFeeds();

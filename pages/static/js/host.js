@@ -31,6 +31,11 @@ addStrings(
     "host.publish_failed": "推流失败：{message}",
     "host.stopped": "推流已停止。",
     "host.device_default": "默认设备",
+    "host.cut": "切断公开画面",
+    "host.restore": "恢复公开画面",
+    "host.cut_on": "公开画面已切断：公众看到的是暂停画面，录像也只保留暂停画面。",
+    "host.cut_off": "公开画面正常。",
+    "host.delay": "公开画面延时 {n} 秒。",
     "host.new_poll": "发起测评",
     "host.template": "模板",
     "host.poll_title": "标题",
@@ -82,6 +87,11 @@ addStrings(
     "host.publish_failed": "Broadcast failed: {message}",
     "host.stopped": "Broadcast stopped.",
     "host.device_default": "Default device",
+    "host.cut": "Cut the public output",
+    "host.restore": "Restore the public output",
+    "host.cut_on": "The public output is cut: the public sees the pause slate, and the recording keeps only the slate.",
+    "host.cut_off": "The public output is on.",
+    "host.delay": "The public output trails live by {n} s.",
     "host.new_poll": "New poll",
     "host.template": "Template",
     "host.poll_title": "Title",
@@ -114,7 +124,7 @@ addStrings(
   },
 );
 
-const page = { session: null, token: null, live: null, polls: new Map(), templates: {}, stream: null, pub: null };
+const page = { session: null, token: null, live: null, polls: new Map(), templates: {}, stream: null, pub: null, feeds: new Map() };
 const sid = () => encodeURIComponent(page.session.id);
 
 function renderHead() {
@@ -367,14 +377,44 @@ function renderAll() {
   renderHead();
   renderTemplates();
   renderPolls();
+  renderCut();
   $("conn").textContent = t(`conn.${page.live.status === "refused" ? "reconnecting" : page.live.status}`);
   $("presence").textContent = t("presence", { n: page.live.presence });
 }
 
 async function loadFeeds() {
   const { feeds } = await api(`/api/sessions/${sid()}/feeds`);
+  const current = $("feed").value;
+  page.feeds = new Map(feeds.map((f) => [f.id, f]));
   $("feed").replaceChildren(...feeds.map((f) => h("option", { value: f.id }, `${f.id} (${t(`state.${f.state === "idle" ? "scheduled" : f.state}`)})`)));
+  if (current && page.feeds.has(current)) $("feed").value = current;
   if (!feeds.length) say("pub-status", t("host.no_feed"), "warn");
+  renderCut();
+}
+
+// The kill switch of the selected feed: one press cuts the public output to the slate.
+function renderCut() {
+  const feed = page.feeds.get($("feed").value);
+  $("cut").disabled = !feed;
+  if (!feed) { $("cut-state").textContent = ""; return; }
+  $("cut").textContent = t(feed.cut ? "host.restore" : "host.cut");
+  $("cut").classList.toggle("primary", feed.cut);
+  const parts = [t(feed.cut ? "host.cut_on" : "host.cut_off")];
+  if (feed.delay) parts.push(t("host.delay", { n: feed.delay }));
+  $("cut-state").textContent = parts.join(" ");
+  $("cut-state").dataset.kind = feed.cut ? "error" : "info";
+}
+
+async function toggleCut() {
+  const feed = page.feeds.get($("feed").value);
+  if (!feed) return;
+  try {
+    const { feed: updated } = await api(`/api/feeds/${encodeURIComponent(feed.id)}/cut`, { method: "POST", body: { cut: !feed.cut } });
+    page.feeds.set(updated.id, updated);
+    renderCut();
+  } catch (err) {
+    say("pub-status", errorText(err), "error");
+  }
 }
 
 async function main() {
@@ -423,6 +463,8 @@ async function main() {
   $("camera").addEventListener("change", dropStream);
   $("mic").addEventListener("change", dropStream);
   $("publish").addEventListener("click", startPublishing);
+  $("cut").addEventListener("click", toggleCut);
+  $("feed").addEventListener("change", renderCut);
   $("unpublish").addEventListener("click", stopPublishing);
   live.connect();
   window.tribune = { live, page };
