@@ -97,6 +97,7 @@ class Settings:
     feed_lease: float = 10.0
     whep_max_viewers: int = 1000
     hls_segment_seconds: float = 2.0
+    hls_part_seconds: float = 0.5
     hls_window: int = 6
     hls_ttl: float = 60.0
     hls_url_ttl: float = 14400.0
@@ -301,6 +302,8 @@ def _validated(s: Settings) -> Settings:
         fail("whep_max_viewers", "must be 1..100000")
     if not 0.5 <= s.hls_segment_seconds <= 10:
         fail("hls_segment_seconds", "must be 0.5..10")
+    if not 0.1 <= s.hls_part_seconds <= min(1.0, s.hls_segment_seconds / 2):
+        fail("hls_part_seconds", "must be 0.1..1.0 and at most half of hls_segment_seconds")
     if not 3 <= s.hls_window <= 100:
         fail("hls_window", "must be 3..100")
     if not s.hls_segment_seconds * s.hls_window < s.hls_ttl <= 3600:

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from config import keys
 from config.auth import AuthError, Principal, Role, local_secret, require_role
-from config.errors import Forbidden, NotFound, Unauthorized
+from config.errors import BadRequest, Forbidden, NotFound, Unauthorized
 from config.settings import Settings
 from config.web import caller, json_response, read_body, read_json
 from recorder import feeds as ledger
@@ -257,17 +257,63 @@ def _media(body: bytes | str, content_type: str, cache: str) -> web.Response:
     return web.Response(body=data, content_type=content_type, headers={"Cache-Control": cache})
 
 
+def _query_int(request: web.Request, name: str) -> int | None:
+    value = request.query.get(name)
+    if value is None:
+        return None
+    if not value.isdigit() or len(value) > 9:
+        raise BadRequest(f"{name} must be a whole number")
+    return int(value)
+
+
 async def hls_playlist(request: web.Request) -> web.Response:
+    """The live playlist; `_HLS_msn` (and `_HLS_part`) hold the request until the playlist
+    has that segment (part): LL-HLS blocking reload."""
     feed_id = ledger.check_id(request.match_info["feed"])
     public = await _hls_access(request, feed_id)
     bus = request.app[STREAMING].bus
-    index = await bus.index(feed_id) if bus is not None else None
-    if not index or not index.get("segments"):
+    assert bus is not None
+    msn, part = _query_int(request, "_HLS_msn"), _query_int(request, "_HLS_part")
+    if part is not None and msn is None:
+        raise BadRequest("_HLS_part needs _HLS_msn")
+    index = await bus.index(feed_id)
+    if msn is not None and index and not hls.has_reached(index, msn, part):
+        segments = index.get("segments") or []
+        last = int(segments[-1]["seq"]) if segments else -1
+        if msn > last + 2:
+            raise BadRequest(f"_HLS_msn={msn} is too far ahead of the playlist (last segment {last})")
+        timeout = 3 * request.app[keys.SETTINGS].hls_segment_seconds
+        index = await bus.wait(feed_id, lambda i: hls.has_reached(i, msn, part), timeout) or index
+    if not index or not (index.get("segments") or index.get("open")):
         raise NotFound(
             f"feed {feed_id!r} has no live HLS now; it starts a few seconds after the feed goes live"
         )
-    text = hls.playlist(index, _segment_uri(request, feed_id, "hls", public))
+    key, ttl = request.app[HLS_KEY], request.app[keys.SETTINGS].hls_url_ttl
+
+    def part_uri(seq: int, i: int) -> str:
+        path = f"/hls/{feed_id}/{seq}.{i}.ts"
+        return path if public else hls.sign(key, feed_id, path, ttl)
+
+    text = hls.playlist(index, _segment_uri(request, feed_id, "hls", public), part_uri=part_uri)
     return _media(text, PLAYLIST, "public, max-age=1" if public else "private, max-age=1")
+
+
+async def hls_part(request: web.Request) -> web.Response:
+    """A part; the next one (the playlist's preload hint) is held until it is cut."""
+    feed_id = ledger.check_id(request.match_info["feed"])
+    public = await _hls_access(request, feed_id)
+    bus = request.app[STREAMING].bus
+    assert bus is not None
+    seq, i = int(request.match_info["seq"]), int(request.match_info["part"])
+    name = f"part:{seq}.{i}"
+    data = await bus.media(feed_id, name)
+    if data is None:
+        timeout = 3 * request.app[keys.SETTINGS].hls_part_seconds
+        if await bus.wait(feed_id, lambda index: hls.has_reached(index, seq, i), timeout) is not None:
+            data = await bus.media(feed_id, name)
+    if data is None:
+        raise NotFound("no such part (parts stay on the bus for hls_ttl seconds)")
+    return _media(data, "video/mp2t", f"{'public' if public else 'private'}, max-age=86400, immutable")
 
 
 async def hls_segment(request: web.Request) -> web.Response:
@@ -377,6 +423,7 @@ def attach(app: web.Application) -> Streaming:
     r.add_get("/api/sessions/{session}/recordings", session_recordings)
     r.add_get("/hls/{feed}/index.m3u8", hls_playlist)
     r.add_get(r"/hls/{feed}/{seq:\d{1,9}}.ts", hls_segment)
+    r.add_get(r"/hls/{feed}/{seq:\d{1,9}}.{part:\d{1,3}}.ts", hls_part)
     r.add_get("/vod/{feed}/index.m3u8", vod_playlist)
     r.add_get(r"/vod/{feed}/{seq:\d{1,9}}.ts", vod_segment)
     return hub

@@ -52,14 +52,31 @@ class Segment:
     first_pts: int = 0  # 90 kHz, where its video starts
     size: tuple[int, int] = (0, 0)
     slate: bool = False
+    parts: tuple[tuple[float, bool], ...] = ()  # (duration, independent) of its parts
+    numbered: bool = False  # made of parts already published: its bytes are final
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """A partial segment (LL-HLS): about `hls_part_seconds` of a segment, published as soon
+    as it is cut; the segment is the concatenation of its parts."""
+
+    feed_id: str
+    seq: int  # the segment it belongs to
+    index: int
+    duration: float
+    independent: bool  # starts with a keyframe
+    data: bytes
 
 
 @dataclass
 class _Pending:
-    video: list[av.Packet] = field(default_factory=list)  # type: ignore[type-arg]
+    video: list[av.Packet] = field(default_factory=list)  # type: ignore[type-arg]  # of the open part
     audio: list[av.Packet] = field(default_factory=list)  # type: ignore[type-arg]
-    first_pts: int | None = None
+    first_pts: int | None = None  # of the segment
+    part_pts: int | None = None  # where the open part starts
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    parts: list[asyncio.Future[tuple[bytes, float, bool]]] = field(default_factory=list)
 
 
 def _copy(packet: av.Packet, time_base: Fraction) -> av.Packet:  # type: ignore[type-arg]
@@ -114,20 +131,25 @@ def mux_ts(video: list[Any], audio: list[Any], size: tuple[int, int], aac_extrad
 
 
 class Segmenter:
-    """A sink of a feed's broadcast that cuts MPEG-TS segments at keyframes."""
+    """A sink of a feed's broadcast that cuts MPEG-TS segments at keyframes, each made of
+    parts of about `part_target` seconds published as they are cut (LL-HLS)."""
 
     def __init__(
         self,
         feed_id: str,
         *,
         target: float,
+        part_target: float,
         size: Callable[[], tuple[int, int]],
         on_segment: Callable[[Segment], Awaitable[None]],
+        on_part: Callable[[Part], Awaitable[None]],
     ) -> None:
         self.feed_id = feed_id
         self.target = target
+        self.part_target = part_target
         self.size = size
         self.on_segment = on_segment
+        self.on_part = on_part
         self.seq = 0
         self._pending = _Pending()
         self._aac: av.AudioCodecContext | None = None
@@ -135,7 +157,7 @@ class Segmenter:
         self._audio_pts = 0
         self._video_base: int | None = None  # the feed's first video pts: audio starts there
         self._tasks: set[asyncio.Future[None]] = set()
-        self._chain: asyncio.Future[None] | None = None
+        self._chain: asyncio.Future[Any] | None = None
 
     # --- input ----------------------------------------------------------------------------
 
@@ -148,13 +170,17 @@ class Segmenter:
         if pending.first_pts is None:
             if not unit.keyframe:
                 return  # a segment starts at a keyframe
-            pending.first_pts = pts
+            pending.first_pts = pending.part_pts = pts
             pending.started_at = datetime.now(UTC)
             if self._video_base is None:
                 self._video_base = pts
         elif unit.keyframe and (pts - pending.first_pts) / VIDEO_CLOCK >= self.target:
-            self._cut(end_pts=pts)
-            self._pending = pending = _Pending(first_pts=pts)
+            self._close_part(end_pts=pts)
+            self._cut()
+            self._pending = pending = _Pending(first_pts=pts, part_pts=pts)
+        elif pending.part_pts is not None and (pts - pending.part_pts) / VIDEO_CLOCK >= self.part_target:
+            self._close_part(end_pts=pts)
+            pending.part_pts = pts
         pending.video.append(_copy(packet, Fraction(1, VIDEO_CLOCK)))
 
     def audio_frame(self, frame: av.AudioFrame) -> None:
@@ -184,39 +210,71 @@ class Segmenter:
 
     # --- output ---------------------------------------------------------------------------
 
-    def _cut(self, end_pts: int | None) -> None:
-        pending = self._pending
-        if not pending.video or pending.first_pts is None:
-            return
-        last = int(pending.video[-1].pts or 0)
-        end = end_pts if end_pts is not None else last + VIDEO_CLOCK // 30
-        duration = max(0.001, (end - pending.first_pts) / VIDEO_CLOCK)
-        seq = self.seq
-        self.seq += 1
-        extradata = self._aac.extradata if self._aac is not None else None
-        size = self.size()
+    def _ordered(self, work: Callable[[], Awaitable[Any]]) -> asyncio.Future[Any]:
+        """Runs `work` after everything scheduled before it (parts and segments stay in order)."""
         previous = self._chain
 
-        async def publish() -> None:
-            data = await asyncio.to_thread(mux_ts, pending.video, pending.audio, size, extradata)
+        async def run() -> Any:
             if previous is not None:
-                await previous  # segments reach the bus in order
-            first = int(pending.first_pts or 0)
-            await self.on_segment(Segment(self.feed_id, seq, duration, pending.started_at, data, first, size))
+                with contextlib.suppress(Exception):
+                    await previous
+            return await work()
 
-        task = asyncio.ensure_future(publish())
+        task = asyncio.ensure_future(run())
         self._chain = task
         self._tasks.add(task)
         task.add_done_callback(self._done)
+        return task
 
-    def _done(self, task: asyncio.Future[None]) -> None:
+    def _close_part(self, end_pts: int | None) -> None:
+        pending = self._pending
+        if not pending.video or pending.part_pts is None:
+            return
+        last = int(pending.video[-1].pts or 0)
+        end = end_pts if end_pts is not None else last + VIDEO_CLOCK // 30
+        duration = max(0.001, (end - pending.part_pts) / VIDEO_CLOCK)
+        video, audio = pending.video, pending.audio
+        pending.video, pending.audio = [], []
+        index = len(pending.parts)
+        independent = bool(video[0].is_keyframe)
+        seq = self.seq
+        extradata = self._aac.extradata if self._aac is not None else None
+        size = self.size()
+
+        async def publish() -> tuple[bytes, float, bool]:
+            data = await asyncio.to_thread(mux_ts, video, audio, size, extradata)
+            await self.on_part(Part(self.feed_id, seq, index, duration, independent, data))
+            return data, duration, independent
+
+        pending.parts.append(self._ordered(publish))
+
+    def _cut(self) -> None:
+        pending = self._pending
+        if not pending.parts or pending.first_pts is None:
+            return
+        seq = self.seq
+        self.seq += 1
+        first, size = int(pending.first_pts), self.size()
+
+        async def publish() -> None:
+            parts = [await p for p in pending.parts]
+            data = b"".join(d for d, _, _ in parts)
+            duration = sum(d for _, d, _ in parts)
+            meta = tuple((d, i) for _, d, i in parts)
+            segment = Segment(self.feed_id, seq, duration, pending.started_at, data, first, size, parts=meta)
+            await self.on_segment(segment)
+
+        self._ordered(publish)
+
+    def _done(self, task: asyncio.Future[Any]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.warning("feed %s: an HLS segment was lost: %r", self.feed_id, task.exception())
+            log.warning("feed %s: HLS output lost: %r", self.feed_id, task.exception())
 
     async def finish(self) -> None:
         """Cuts what is left and waits until every segment is published."""
-        self._cut(end_pts=None)
+        self._close_part(end_pts=None)
+        self._cut()
         self._pending = _Pending()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -289,9 +347,15 @@ def slate_segment(segment: Segment, fps: int = 10) -> Segment:
             apackets.append(packet)
     data = mux_ts(vpackets, apackets, (width, height), aac.extradata)
     return Segment(
-        segment.feed_id, segment.seq, segment.duration, segment.started_at, data,
-        segment.first_pts, (width, height), slate=True,
-    )  # fmt: skip
+        segment.feed_id,
+        segment.seq,
+        segment.duration,
+        segment.started_at,
+        data,
+        segment.first_pts,
+        (width, height),
+        slate=True,
+    )  # fmt: skip  (no parts: a slate is served whole)
 
 
 class Output:
@@ -299,10 +363,19 @@ class Output:
     of the picture while it is cut. What it emits is what the bus serves and the recording
     keeps, so a cut picture is in neither."""
 
-    def __init__(self, feed_id: str, *, delay: float, emit: Callable[[Segment], Awaitable[None]]) -> None:
+    def __init__(
+        self,
+        feed_id: str,
+        *,
+        delay: float,
+        emit: Callable[[Segment], Awaitable[None]],
+        emit_part: Callable[[Part], Awaitable[None]],
+    ) -> None:
         self.feed_id = feed_id
         self.delay = delay
         self.emit = emit
+        self.emit_part = emit_part
+        self._parts: dict[tuple[int, int], bytes] = {}  # published parts, until their segment
         self.cut = False
         self.slates = 0
         self._queue: list[tuple[float, Segment]] = []
@@ -318,7 +391,21 @@ class Output:
         """Takes effect at once, also on the segments still held back by the delay."""
         self.cut = cut
 
+    async def add_part(self, part: Part) -> None:
+        """Parts go out at once, and only while the feed is neither delayed nor cut."""
+        if self.delay or self.cut:
+            return
+        data = continue_counters(part.data, self._counters)
+        self._parts[(part.seq, part.index)] = data
+        await self.emit_part(dataclasses.replace(part, data=data))
+
     async def add(self, segment: Segment) -> None:
+        published = [self._parts.pop((segment.seq, i), None) for i in range(len(segment.parts))]
+        if segment.parts and all(p is not None for p in published) and not self.cut:
+            # The parts viewers already have, byte for byte: the segment is their concatenation.
+            segment = dataclasses.replace(segment, data=b"".join(p for p in published if p), numbered=True)
+        else:
+            segment = dataclasses.replace(segment, parts=())
         self._queue.append((time.monotonic() + self.delay, segment))
         self._wake.set()
 
@@ -342,8 +429,11 @@ class Output:
                 if self.cut:
                     segment = await asyncio.to_thread(slate_segment, segment)
                     self.slates += 1
-                data = continue_counters(segment.data, self._counters)
-                await self.emit(dataclasses.replace(segment, data=data))
+                if not segment.numbered:
+                    segment = dataclasses.replace(
+                        segment, data=continue_counters(segment.data, self._counters)
+                    )
+                await self.emit(segment)
             except Exception as exc:
                 log.warning("feed %s: segment %d not published: %r", self.feed_id, segment.seq, exc)
 
@@ -358,8 +448,20 @@ class Output:
 # --- the bus ----------------------------------------------------------------------------
 
 
+class _Watch:
+    """Requests of one feed blocked on this node until the playlist changes (LL-HLS
+    blocking reload, preload hints): one poll of Redis for all of them."""
+
+    def __init__(self) -> None:
+        self.waiters = 0
+        self.changed = asyncio.Event()
+        self.poller: asyncio.Task[None] | None = None
+
+
 class SegmentBus:
-    """Live playlists and segments in Redis, with a small per-node cache in front."""
+    """Live playlists, segments and parts in Redis, with a small per-node cache in front."""
+
+    POLL = 0.05  # seconds between index reads while requests wait for the next part
 
     def __init__(self, redis: Redis, prefix: str, *, window: int, ttl: float) -> None:
         self.redis = redis
@@ -367,78 +469,197 @@ class SegmentBus:
         self.window = window
         self.ttl_ms = int(ttl * 1000)
         self._index_cache: dict[str, tuple[float, dict[str, Any] | None]] = {}
-        self._segments: OrderedDict[tuple[str, int], bytes] = OrderedDict()
-        self.cache_limit = 64
+        self._media: OrderedDict[tuple[str, str], bytes] = OrderedDict()
+        self._watches: dict[str, _Watch] = {}
+        self.cache_limit = 256
 
     def _key(self, feed_id: str, what: str) -> str:
         return f"{self.prefix}hls:{feed_id}:{what}"
 
-    async def publish(self, segment: Segment, target: float) -> None:
-        index = await self.index(feed_id=segment.feed_id, fresh=True) or {}
+    async def _write(self, feed_id: str, index: dict[str, Any], name: str, data: bytes) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(self._key(feed_id, name), data, px=self.ttl_ms)
+            pipe.set(self._key(feed_id, "index"), json.dumps(index), px=self.ttl_ms)
+            await pipe.execute()
+        self._index_cache[feed_id] = (time.monotonic(), index)
+
+    async def _current(self, feed_id: str, target: float, part_target: float | None) -> dict[str, Any]:
+        index = await self.index(feed_id, fresh=True) or {}
         if index.get("ended") or "segments" not in index:
-            index = {"target": target, "segments": [], "ended": False}
-        entry = {"seq": segment.seq, "duration": segment.duration, "at": segment.started_at.isoformat()}
+            index = {"target": target, "segments": [], "ended": False, "open": None}
+        if part_target is not None:
+            index["part_target"] = part_target
+        return index
+
+    async def publish_part(self, part: Part, target: float, part_target: float) -> None:
+        index = await self._current(part.feed_id, target, part_target)
+        open_ = index.get("open")
+        if not open_ or open_["seq"] != part.seq:
+            open_ = {"seq": part.seq, "parts": []}
+        open_["parts"] = [*open_["parts"], [round(part.duration, 4), part.independent]]
+        index["open"] = open_
+        await self._write(part.feed_id, index, f"part:{part.seq}.{part.index}", part.data)
+
+    async def publish(self, segment: Segment, target: float) -> None:
+        index = await self._current(segment.feed_id, target, None)
+        entry: dict[str, Any] = {
+            "seq": segment.seq,
+            "duration": segment.duration,
+            "at": segment.started_at.isoformat(),
+        }
+        if segment.parts:
+            entry["parts"] = [[round(d, 4), i] for d, i in segment.parts]
         index["segments"] = [*index["segments"], entry][-self.window :]
         index["target"] = max(index.get("target", target), segment.duration)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(self._key(segment.feed_id, f"seg:{segment.seq}"), segment.data, px=self.ttl_ms)
-            pipe.set(self._key(segment.feed_id, "index"), json.dumps(index), px=self.ttl_ms)
-            await pipe.execute()
-        self._index_cache.pop(segment.feed_id, None)
+        if index.get("open") and index["open"]["seq"] <= segment.seq:
+            index["open"] = None
+        await self._write(segment.feed_id, index, f"seg:{segment.seq}", segment.data)
 
     async def end(self, feed_id: str) -> None:
         index = await self.index(feed_id, fresh=True)
         if index is not None:
             index["ended"] = True
+            index["open"] = None
             await self.redis.set(self._key(feed_id, "index"), json.dumps(index), px=self.ttl_ms)
         self._index_cache.pop(feed_id, None)
 
     async def index(self, feed_id: str, *, fresh: bool = False) -> dict[str, Any] | None:
         now = time.monotonic()
         cached = self._index_cache.get(feed_id)
-        if cached is not None and not fresh and now - cached[0] < 0.25:
+        max_age = self.POLL if feed_id in self._watches else 0.25
+        if cached is not None and not fresh and now - cached[0] < max_age:
             return cached[1]
         raw = await self.redis.get(self._key(feed_id, "index"))
         value = json.loads(raw) if raw else None
         self._index_cache[feed_id] = (now, value)
         return value
 
-    async def segment(self, feed_id: str, seq: int) -> bytes | None:
-        key = (feed_id, seq)
-        if (data := self._segments.get(key)) is not None:
-            self._segments.move_to_end(key)
+    async def wait(
+        self, feed_id: str, ready: Callable[[dict[str, Any]], bool], timeout: float
+    ) -> dict[str, Any] | None:
+        """The feed's index once `ready(index)` holds, or None after `timeout` seconds."""
+        watch = self._watches.setdefault(feed_id, _Watch())
+        watch.waiters += 1
+        if watch.poller is None or watch.poller.done():
+            watch.poller = asyncio.create_task(self._poll(feed_id, watch), name=f"hls {feed_id} waits")
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                index = await self.index(feed_id)
+                if index is not None and ready(index):
+                    return index
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or (index is not None and index.get("ended")):
+                    return None
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(watch.changed.wait(), remaining)
+        finally:
+            watch.waiters -= 1
+
+    async def _poll(self, feed_id: str, watch: _Watch) -> None:
+        last: str | None = None
+        try:
+            while watch.waiters > 0:
+                raw = await self.redis.get(self._key(feed_id, "index"))
+                text = raw.decode() if isinstance(raw, bytes) else None
+                if text != last:
+                    last = text
+                    self._index_cache[feed_id] = (time.monotonic(), json.loads(text) if text else None)
+                    changed, watch.changed = watch.changed, asyncio.Event()
+                    changed.set()
+                await asyncio.sleep(self.POLL)
+        except Exception as exc:
+            log.warning("feed %s: waiting requests lost their poll: %r", feed_id, exc)
+        finally:
+            if self._watches.get(feed_id) is watch and watch.waiters <= 0:
+                del self._watches[feed_id]
+            watch.changed.set()
+
+    async def media(self, feed_id: str, name: str) -> bytes | None:
+        """A segment (`seg:N`) or part (`part:N.I`), from the node's cache or Redis."""
+        key = (feed_id, name)
+        if (data := self._media.get(key)) is not None:
+            self._media.move_to_end(key)
             return data
-        raw = await self.redis.get(self._key(feed_id, f"seg:{seq}"))
+        raw = await self.redis.get(self._key(feed_id, name))
         data = raw if isinstance(raw, bytes) else None
         if data is not None:
-            self._segments[key] = data
-            while len(self._segments) > self.cache_limit:
-                self._segments.popitem(last=False)
+            self._media[key] = data
+            while len(self._media) > self.cache_limit:
+                self._media.popitem(last=False)
         return data
+
+    async def segment(self, feed_id: str, seq: int) -> bytes | None:
+        return await self.media(feed_id, f"seg:{seq}")
 
 
 # --- playlists ------------------------------------------------------------------------------
 
 
-def playlist(index: dict[str, Any], uri: Callable[[int], str], *, vod: bool = False) -> str:
+PART_SEGMENTS = 3  # segments whose parts an LL-HLS playlist lists
+
+
+def playlist(
+    index: dict[str, Any],
+    uri: Callable[[int], str],
+    *,
+    vod: bool = False,
+    part_uri: Callable[[int, int], str] | None = None,
+) -> str:
+    """The media playlist; with `part_uri` and parts in the index, an LL-HLS one (parts of
+    the last segments, the open segment's parts and a preload hint for the next part)."""
     segments = index["segments"]
     target = max([float(index.get("target", 2))] + [s["duration"] for s in segments])
-    lines = [
-        "#EXTM3U",
-        "#EXT-X-VERSION:3",
-        f"#EXT-X-TARGETDURATION:{int(target + 0.5)}",  # RFC 8216: ≥ each EXTINF rounded
-        f"#EXT-X-MEDIA-SEQUENCE:{segments[0]['seq'] if segments else 0}",
-        "#EXT-X-INDEPENDENT-SEGMENTS",
-    ]
+    open_ = index.get("open")
+    low_latency = part_uri is not None and "part_target" in index and not index.get("ended") and not vod
+    part_target = float(index.get("part_target", 0.5))
+    if low_latency:
+        part_target = max([part_target] + [p[0] for s in segments for p in s.get("parts", [])])
+    lines = ["#EXTM3U", f"#EXT-X-VERSION:{6 if low_latency else 3}"]
+    lines.append(f"#EXT-X-TARGETDURATION:{int(target + 0.5)}")  # RFC 8216: ≥ each EXTINF rounded
+    if low_latency:
+        lines.append(f"#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK={3 * part_target:.3f}")
+        lines.append(f"#EXT-X-PART-INF:PART-TARGET={part_target:.3f}")
+    lines.append(f"#EXT-X-MEDIA-SEQUENCE:{segments[0]['seq'] if segments else (open_ or {}).get('seq', 0)}")
+    lines.append("#EXT-X-INDEPENDENT-SEGMENTS")
     if vod:
         lines.append("#EXT-X-PLAYLIST-TYPE:VOD")
-    for s in segments:
+
+    def parts(seq: int, listed: list[list[Any]]) -> None:
+        assert part_uri is not None
+        for i, (duration, independent) in enumerate(listed):
+            flag = ",INDEPENDENT=YES" if independent else ""
+            lines.append(f'#EXT-X-PART:DURATION={duration:.3f},URI="{part_uri(seq, i)}"{flag}')
+
+    for n, s in enumerate(segments):
         lines.append(f"#EXT-X-PROGRAM-DATE-TIME:{s['at']}")
+        if low_latency and n >= len(segments) - PART_SEGMENTS and s.get("parts"):
+            parts(int(s["seq"]), s["parts"])
         lines.append(f"#EXTINF:{s['duration']:.3f},")
         lines.append(uri(int(s["seq"])))
+    if low_latency and part_uri is not None:
+        if open_:
+            parts(int(open_["seq"]), open_["parts"])
+            hint = part_uri(int(open_["seq"]), len(open_["parts"]))
+        else:
+            hint = part_uri(int(segments[-1]["seq"]) + 1 if segments else 0, 0)
+        lines.append(f'#EXT-X-PRELOAD-HINT:TYPE=PART,URI="{hint}"')
     if index.get("ended") or vod:
         lines.append("#EXT-X-ENDLIST")
     return "\n".join(lines) + "\n"
+
+
+def has_reached(index: dict[str, Any], msn: int, part: int | None) -> bool:
+    """Whether the playlist holds media sequence `msn` (and its part `part`): the condition
+    a blocking playlist reload waits for."""
+    segments = index.get("segments") or []
+    last = int(segments[-1]["seq"]) if segments else -1
+    if last >= msn and part is None:
+        return True
+    if last > msn or (last == msn and part is not None):
+        return True
+    open_ = index.get("open")
+    return bool(open_ and int(open_["seq"]) == msn and part is not None and len(open_["parts"]) > part)
 
 
 # --- signed URLs ----------------------------------------------------------------------------

@@ -197,19 +197,32 @@ class Streaming:
         bus = self.bus
         target = self.settings.hls_segment_seconds
 
+        part_target = self.settings.hls_part_seconds
+
         async def emit(segment: hls.Segment) -> None:
             await recording.add(segment)
             if bus is not None:
                 await bus.publish(segment, target)
 
+        async def emit_part(part: hls.Part) -> None:
+            if bus is not None:
+                await bus.publish_part(part, target, part_target)
+
         def size() -> tuple[int, int]:
             context = ingest.broadcast.video.context
             return (context.width, context.height) if context is not None else (0, 0)
 
-        output = hls.Output(ingest.feed_id, delay=ingest.delay, emit=emit)
+        output = hls.Output(ingest.feed_id, delay=ingest.delay, emit=emit, emit_part=emit_part)
         output.set_cut(cut)
         output.start()
-        segmenter = hls.Segmenter(ingest.feed_id, target=target, size=size, on_segment=output.add)
+        segmenter = hls.Segmenter(
+            ingest.feed_id,
+            target=target,
+            part_target=part_target,
+            size=size,
+            on_segment=output.add,
+            on_part=output.add_part,
+        )
         ingest.broadcast.add(segmenter)
         ingest.broadcast.audio_listeners.add(segmenter.audio_frame)
         ingest.segmenter, ingest.output, ingest.recording = segmenter, output, recording

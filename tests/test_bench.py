@@ -68,3 +68,23 @@ def test_bench_votes_small_run() -> None:
         assert run["ack_latency_ms"]["p99"] is not None and run["server_cpu_s"] > 0
     assert figures["tribune"]["vote_batch"]["commits"] < 300  # votes shared commits
     assert figures["votes_per_server_cpu_s_vs_baseline"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("loopback_only")
+def test_bench_hls_small_run() -> None:
+    result = subprocess.run(
+        [TRIBUNE, "bench", "hls", "--viewers", "20", "--nodes", "2", "--seconds", "8", "--json"],
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout)
+    assert figures["viewers"] == 20 and figures["nodes"] == 2 and figures["errors"] == 0
+    # Every player fetched the segments that came out while it played (about one per 2 s).
+    assert figures["segment_requests"] >= 20 * 2
+    assert 0 <= figures["misses"] <= figures["segment_requests"]
+    assert figures["bytes_per_s"] > 0 and figures["server_cpu_s"] > 0
+    assert figures["ttfb_ms"]["p50"] is not None and figures["live_latency_s"]["hls"] is not None

@@ -390,3 +390,49 @@ async def test_the_host_cuts_the_public_output_from_the_host_page(
     finally:
         async with aiohttp.ClientSession() as http:
             await publisher.stop(http)
+
+
+async def test_low_latency_parts_and_blocking_reload(
+    client: Any, other_node: Any, auth: Any, db: Any
+) -> None:
+    await live_session(client, auth, db)
+    await db.execute("UPDATE sessions SET audience = 'public' WHERE id = $1", SESSION)
+    key = await make_feed(client, auth)
+    hub = client.server.app[STREAMING]
+    publisher = await publish(client, key)
+    try:
+        await until(lambda: hub.live_here("main") is not None, seconds=20)
+        await until(lambda: hub.ingests["main"].segmenter.seq >= 2, seconds=30)
+        text = await (await other_node.get("/hls/main/index.m3u8")).text()
+        assert "#EXT-X-VERSION:6" in text and "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES" in text, text
+        assert "#EXT-X-PART-INF:PART-TARGET=0.5" in text
+        parts = [line for line in text.splitlines() if line.startswith("#EXT-X-PART:")]
+        assert parts and all(float(p.split("DURATION=")[1].split(",")[0]) <= 0.55 for p in parts)
+        hint = next(line for line in text.splitlines() if line.startswith("#EXT-X-PRELOAD-HINT"))
+        hint_uri = hint.split('URI="')[1].rstrip('"')
+        seq, part = (int(x) for x in hint_uri.split("/")[-1].split(".")[:2])
+
+        # Blocking reload: asking for the hinted part waits until it is cut, then lists it.
+        blocked = asyncio.create_task(other_node.get(f"/hls/main/index.m3u8?_HLS_msn={seq}&_HLS_part={part}"))
+        preload = asyncio.create_task(other_node.get(hint_uri))  # the preload hint, held too
+        r = await blocked
+        assert r.status == 200 and hint_uri in await r.text()
+        p = await preload
+        assert p.status == 200 and (data := await p.read())[:1] == b"\x47"  # an MPEG-TS packet
+        assert (await other_node.get("/hls/main/index.m3u8?_HLS_msn=999999")).status == 400
+
+        # A segment is exactly its parts, byte for byte.
+        await until(lambda: hub.ingests["main"].segmenter.seq > seq + 1, seconds=30)
+        index = await hub.bus.index("main", fresh=True)
+        entry = next(s for s in index["segments"] if s["seq"] == seq)
+        pieces = [
+            await (await client.get(f"/hls/main/{seq}.{i}.ts")).read() for i in range(len(entry["parts"]))
+        ]
+        whole = await (await client.get(f"/hls/main/{seq}.ts")).read()
+        assert pieces[part] == data and b"".join(pieces) == whole
+        assert (
+            entry["parts"][0][1] is True and abs(sum(d for d, _ in entry["parts"]) - entry["duration"]) < 0.01
+        )
+    finally:
+        async with aiohttp.ClientSession() as http:
+            await publisher.stop(http)

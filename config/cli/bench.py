@@ -41,6 +41,11 @@ def add_parser(sub: Any, name: str) -> None:
     w.add_argument("--seconds", type=float, default=20.0, help="seconds of counting frames (default 20)")
     w.add_argument("--no-baseline", action="store_true", help="skip the one-encoder-per-viewer baseline")
     w.add_argument("--json", action="store_true", help="print only the JSON (the default output anyway)")
+    h = kinds.add_parser("hls", help="simulated HLS players of one feed spread over K nodes")
+    h.add_argument("--viewers", type=int, default=1000, help="players (default 1000)")
+    h.add_argument("--nodes", type=int, default=2, help="Tribune nodes serving the feed's HLS (default 2)")
+    h.add_argument("--seconds", type=float, default=30.0, help="seconds of playing (default 30)")
+    h.add_argument("--json", action="store_true", help="print only the JSON (the default output anyway)")
     s = kinds.add_parser(
         "scoring", help="a year of generated facts: time to rescore, rank, remind and report"
     )
@@ -75,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
         return run_scoring(args)
     if args.bench == "whep":
         return _whep(args)
+    if args.bench == "hls":
+        return _hls(args)
     from interaction.bench import bench_comments
 
     if args.clients < 1 or args.nodes < 1 or args.rate <= 0 or args.duration <= 0:
@@ -121,6 +128,24 @@ def _votes(args: argparse.Namespace) -> int:
             baseline=not args.no_baseline,
             progress=progress,
         )
+    )
+    print(json.dumps(result, indent=2, ensure_ascii=False))
+    return 0
+
+
+def _hls(args: argparse.Namespace) -> int:
+    from streaming.hlsbench import bench_hls
+
+    if not 1 <= args.viewers <= 20_000 or not 1 <= args.nodes <= 8 or not 5 <= args.seconds <= 3600:
+        print("tribune: --viewers must be 1..20000, --nodes 1..8 and --seconds 5..3600", file=sys.stderr)
+        return 2
+
+    def progress(stage: str) -> None:
+        if sys.stderr.isatty():
+            print(stage, file=sys.stderr, flush=True)
+
+    result = asyncio.run(
+        bench_hls(viewers=args.viewers, nodes=args.nodes, seconds=args.seconds, progress=progress)
     )
     print(json.dumps(result, indent=2, ensure_ascii=False))
     return 0

@@ -1,0 +1,204 @@
+"""`tribune bench hls`: N simulated HLS players of the test pattern spread over K nodes.
+
+One node ingests the feed (the test pattern over WHIP); every node serves its HLS from the
+Redis segment bus. Each player reloads the playlist every half target duration and fetches
+every new segment whole, as a player does. Everything stays on 127.0.0.1; the nodes run on
+CPU 0, the publisher and the players on the other CPUs.
+
+A *miss* is a segment request answered 404, or completed later than one segment duration
+after the playlist first listed it to that player (the player would stall). `ttfb_ms` is
+the time to the first byte of segment responses. `availability_ms` is how long after its
+first frame was captured (its `EXT-X-PROGRAM-DATE-TIME`) a player held a segment;
+`live_latency_s` adds the standard player's hold-back of three target durations — the
+delay a viewer sees, by the playlist's clock rather than by reading the picture.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from config.auth import Role, mint_token
+from config.services import EmbeddedServices
+from config.settings import Settings
+from interaction.bench import (
+    CLIENT_CPUS,
+    cpu_seconds,
+    percentiles,
+    pin_to,
+    raise_fd_limit,
+    start_nodes,
+    stop_servers,
+    wait_http,
+)
+from streaming.bench import FEED, SESSION, _start_publisher, _wait_until
+
+
+class Players:
+    def __init__(self) -> None:
+        self.segment_requests = 0
+        self.playlist_requests = 0
+        self.misses = 0
+        self.errors = 0
+        self.bytes = 0
+        self.ttfb: list[float] = []
+        self.availability: list[float] = []
+        self.target = 2.0
+
+
+def _parse(text: str) -> list[tuple[str, float, datetime | None]]:
+    """(uri, duration, program date time) of each segment in a playlist."""
+    out, duration, at = [], 0.0, None
+    for line in text.splitlines():
+        if line.startswith("#EXTINF:"):
+            duration = float(line[8:].split(",")[0])
+        elif line.startswith("#EXT-X-PROGRAM-DATE-TIME:"):
+            at = datetime.fromisoformat(line.split(":", 1)[1])
+        elif line and not line.startswith("#"):
+            out.append((line, duration, at))
+    return out
+
+
+async def _player(
+    http: aiohttp.ClientSession, base: str, stats: Players, until: float, offset: float
+) -> None:
+    await asyncio.sleep(offset)  # players arrive spread over the first seconds
+    seen: set[str] = set()
+    first = True
+    while time.monotonic() < until:
+        started = time.monotonic()
+        try:
+            async with http.get(f"{base}/hls/{FEED}/index.m3u8") as r:
+                stats.playlist_requests += 1
+                text = await r.text() if r.status == 200 else ""
+        except aiohttp.ClientError:
+            stats.errors += 1
+            text = ""
+        segments = _parse(text)
+        new = [s for s in segments if s[0] not in seen]
+        if first:
+            new = new[-1:]  # a player joining live starts near the end
+            seen.update(s[0] for s in segments)
+            first = False
+        for uri, duration, at in new:
+            seen.add(uri)
+            listed = time.monotonic()
+            stats.segment_requests += 1
+            try:
+                async with http.get(base + uri) as r:
+                    stats.ttfb.append(time.monotonic() - listed)
+                    body = await r.read()
+                    done = time.monotonic()
+                    if r.status != 200 or done - listed > duration:
+                        stats.misses += 1
+                    stats.bytes += len(body)
+                    if at is not None and r.status == 200:
+                        stats.availability.append(time.time() - at.timestamp())
+            except aiohttp.ClientError:
+                stats.errors += 1
+                stats.misses += 1
+        stats.target = max([stats.target] + [s[1] for s in segments])
+        await asyncio.sleep(max(0.05, stats.target / 2 - (time.monotonic() - started)))
+
+
+async def bench_hls(
+    *, viewers: int, nodes: int, seconds: float, progress: Callable[[str], None]
+) -> dict[str, Any]:
+    raise_fd_limit()
+    root = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="tribune-bench-hls-"))
+    services = EmbeddedServices(root / "services", postgres=True, redis=True)
+    database_url, redis_url = await asyncio.to_thread(services.start)
+    secret = secrets.token_urlsafe(40)
+    admin = {
+        "Authorization": "Bearer " + mint_token(Settings(jwt_secret=secret), rep="A1", roles=[Role.ADMIN])
+    }
+    procs, urls = start_nodes(
+        root,
+        nodes,
+        database_url=database_url,
+        redis_url=redis_url,
+        secret=secret,
+        env={"TRIBUNE_WEBRTC_HOST_ADDRESSES": "127.0.0.1"},
+        log_prefix="hls-",
+    )
+    publisher: subprocess.Popen[bytes] | None = None
+    try:
+        for url in urls:
+            await wait_http(url + "/readyz")
+        async with aiohttp.ClientSession() as http:
+            spec = {
+                "id": SESSION,
+                "kind": "court_hearing",
+                "title": "bench",
+                "audience": "public",  # an open hearing: no signed URLs
+                "scheduled_start": "2026-12-01T09:00:00+08:00",
+                "scheduled_end": "2026-12-01T11:00:00+08:00",
+            }
+            async with http.post(f"{urls[0]}/api/sessions", json=spec, headers=admin) as r:
+                assert r.status == 201, await r.text()
+            async with http.post(
+                f"{urls[0]}/api/feeds", json={"id": FEED, "session": SESSION}, headers=admin
+            ) as r:
+                assert r.status == 201, await r.text()
+                key = (await r.json())["key"]
+            publisher = _start_publisher(f"{urls[0]}/whip/{FEED}", key, root / "hls-publisher.log")
+
+            async def listed() -> bool:
+                async with http.get(f"{urls[-1]}/hls/{FEED}/index.m3u8") as r:
+                    return r.status == 200 and (await r.text()).count("#EXTINF") >= 2
+
+            await _wait_until(listed, 60, "the first HLS segments")
+        pin = pin_to(CLIENT_CPUS)
+        if pin is not None:
+            pin()
+        progress(f"{viewers} players over {nodes} nodes for {seconds:.0f} s")
+        stats = Players()
+        pids = [p.pid for p in procs]
+        cpu_before = cpu_seconds(pids)
+        connector = aiohttp.TCPConnector(limit=0, force_close=False)
+        timeout = aiohttp.ClientTimeout(total=30)
+        start = time.monotonic()
+        ramp = min(5.0, seconds / 4)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
+            await asyncio.gather(
+                *(
+                    _player(http, urls[n % nodes], stats, start + ramp + seconds, ramp * n / viewers)
+                    for n in range(viewers)
+                )
+            )
+        elapsed = time.monotonic() - start
+        server_cpu = cpu_seconds(pids) - cpu_before
+        availability = percentiles(stats.availability)  # in ms
+        p50 = availability.get("p50")
+        return {
+            "viewers": viewers,
+            "nodes": nodes,
+            "seconds": round(elapsed, 1),
+            "segment_requests": stats.segment_requests,
+            "playlist_requests": stats.playlist_requests,
+            "misses": stats.misses,
+            "errors": stats.errors,
+            "ttfb_ms": percentiles(stats.ttfb),
+            "bytes_per_s": round(stats.bytes / elapsed),
+            "server_cpu_s": round(server_cpu, 2),
+            "availability_ms": availability,
+            "live_latency_s": {"hls": round(p50 / 1000 + 3 * stats.target, 2) if p50 is not None else None},
+            "target_duration_s": stats.target,
+        }
+    finally:
+        if publisher is not None:
+            publisher.terminate()
+            publisher.wait(30)
+        stop_servers(procs)
+        await asyncio.to_thread(services.stop)
+        await asyncio.to_thread(shutil.rmtree, root, True)
