@@ -9,8 +9,10 @@ A *miss* is a segment request answered 404, or completed later than one segment 
 after the playlist first listed it to that player (the player would stall). `ttfb_ms` is
 the time to the first byte of segment responses. `availability_ms` is how long after its
 first frame was captured (its `EXT-X-PROGRAM-DATE-TIME`) a player held a segment;
-`live_latency_s` adds the standard player's hold-back of three target durations — the
-delay a viewer sees, by the playlist's clock rather than by reading the picture.
+`live_latency_s` adds the player's hold-back behind the live edge — two segments for the
+viewer page's hls.js (three for a default player), three parts for LL-HLS — the delay a
+viewer sees, by the playlist's clock rather than by reading the picture. A few LL-HLS players
+(one per 20, at most 20) run beside the HLS ones: blocking reloads, each new part fetched.
 """
 
 from __future__ import annotations
@@ -53,7 +55,9 @@ class Players:
         self.bytes = 0
         self.ttfb: list[float] = []
         self.availability: list[float] = []
+        self.part_availability: list[float] = []
         self.target = 2.0
+        self.part_target = 0.5
 
 
 def _parse(text: str) -> list[tuple[str, float, datetime | None]]:
@@ -111,6 +115,71 @@ async def _player(
         await asyncio.sleep(max(0.05, stats.target / 2 - (time.monotonic() - started)))
 
 
+def _parse_ll(
+    text: str,
+) -> tuple[list[tuple[int, float, datetime | None]], list[tuple[str, float]], str | None]:
+    """Complete segments (seq, duration, start), the open segment's parts (uri, duration) and
+    the preload hint's URI of an LL-HLS playlist."""
+    segments: list[tuple[int, float, datetime | None]] = []
+    parts: list[tuple[str, float]] = []
+    hint, at, seq = None, None, 0
+    for line in text.splitlines():
+        if line.startswith("#EXT-X-MEDIA-SEQUENCE:"):
+            seq = int(line.split(":")[1])
+        elif line.startswith("#EXT-X-PROGRAM-DATE-TIME:"):
+            at = datetime.fromisoformat(line.split(":", 1)[1])
+        elif line.startswith("#EXT-X-PART:"):
+            duration = float(line.split("DURATION=")[1].split(",")[0])
+            parts.append((line.split('URI="')[1].split('"')[0], duration))
+        elif line.startswith("#EXTINF:"):
+            segments.append((seq, float(line[8:].split(",")[0]), at))
+            seq, parts = seq + 1, []
+        elif line.startswith("#EXT-X-PRELOAD-HINT"):
+            hint = line.split('URI="')[1].split('"')[0]
+    return segments, parts, hint
+
+
+async def _ll_player(http: aiohttp.ClientSession, base: str, stats: Players, until: float) -> None:
+    """An LL-HLS player: blocking reloads for the next part, which it fetches at once."""
+    url = f"{base}/hls/{FEED}/index.m3u8"
+    query = ""
+    while time.monotonic() < until:
+        try:
+            async with http.get(url + query) as r:
+                stats.playlist_requests += 1
+                text = await r.text() if r.status == 200 else ""
+        except aiohttp.ClientError:
+            stats.errors += 1
+            await asyncio.sleep(0.5)
+            continue
+        segments, parts, hint = _parse_ll(text)
+        if hint is None or not segments:
+            await asyncio.sleep(0.5)
+            continue
+        last_seq, last_duration, last_at = segments[-1]
+        name = hint.rsplit("/", 1)[1]
+        seq, index = (int(x) for x in name.split(".")[:2])
+        if query and parts and seq == last_seq + 1 and index >= 1 and last_at is not None:
+            # The part the previous reload waited for: it is the open segment's last listed.
+            uri, duration = parts[-1]
+            stats.segment_requests += 1
+            listed = time.monotonic()
+            try:
+                async with http.get(base + uri) as r:
+                    stats.ttfb.append(time.monotonic() - listed)
+                    body = await r.read()
+                    if r.status != 200 or time.monotonic() - listed > duration:
+                        stats.misses += 1
+                    stats.bytes += len(body)
+                start = last_at.timestamp() + last_duration + sum(d for _, d in parts[:-1])
+                stats.part_availability.append(time.time() - start)
+                stats.part_target = max(stats.part_target, duration)
+            except aiohttp.ClientError:
+                stats.errors += 1
+                stats.misses += 1
+        query = f"?_HLS_msn={seq}&_HLS_part={index}"
+
+
 async def bench_hls(
     *, viewers: int, nodes: int, seconds: float, progress: Callable[[str], None]
 ) -> dict[str, Any]:
@@ -162,7 +231,8 @@ async def bench_hls(
         if pin is not None:
             pin()
         progress(f"{viewers} players over {nodes} nodes for {seconds:.0f} s")
-        stats = Players()
+        stats, ll_stats = Players(), Players()
+        ll_players = min(20, max(1, viewers // 20))
         pids = [p.pid for p in procs]
         cpu_before = cpu_seconds(pids)
         connector = aiohttp.TCPConnector(limit=0, force_close=False)
@@ -174,7 +244,11 @@ async def bench_hls(
                 *(
                     _player(http, urls[n % nodes], stats, start + ramp + seconds, ramp * n / viewers)
                     for n in range(viewers)
-                )
+                ),
+                *(
+                    _ll_player(http, urls[n % nodes], ll_stats, start + ramp + seconds)
+                    for n in range(ll_players)
+                ),
             )
         elapsed = time.monotonic() - start
         server_cpu = cpu_seconds(pids) - cpu_before
@@ -192,7 +266,21 @@ async def bench_hls(
             "bytes_per_s": round(stats.bytes / elapsed),
             "server_cpu_s": round(server_cpu, 2),
             "availability_ms": availability,
-            "live_latency_s": {"hls": round(p50 / 1000 + 3 * stats.target, 2) if p50 is not None else None},
+            "ll_hls": {
+                "players": ll_players,
+                "part_requests": ll_stats.segment_requests,
+                "misses": ll_stats.misses,
+                "ttfb_ms": percentiles(ll_stats.ttfb),
+                "part_availability_ms": (part := percentiles(ll_stats.part_availability)),
+            },
+            "live_latency_s": {
+                # hls.js with the viewer page's liveSyncDurationCount 2 plays two segments behind
+                # the edge: latency = availability + one target duration (three behind: + two).
+                "hls": round(p50 / 1000 + stats.target, 2) if p50 is not None else None,
+                "hls_3_segments": round(p50 / 1000 + 2 * stats.target, 2) if p50 is not None else None,
+                # PART-HOLD-BACK is three part targets: availability + two part targets.
+                "ll_hls": round(part["p50"] / 1000 + 2 * ll_stats.part_target, 2) if part["p50"] else None,
+            },
             "target_duration_s": stats.target,
         }
     finally:
