@@ -3,7 +3,8 @@
 One node ingests the feed (the test pattern over WHIP); every node serves its HLS from the
 Redis segment bus. Each player reloads the playlist every half target duration and fetches
 every new segment whole, as a player does. Everything stays on 127.0.0.1; the nodes run on
-CPU 0, the publisher and the players on the other CPUs.
+CPU 0, the publisher on the others, the players (generator processes of up to 2,500) on
+any CPU at nice 10.
 
 A *miss* is a segment request answered 404, or completed later than one segment duration
 after the playlist first listed it to that player (the player would stall). `ttfb_ms` is
@@ -18,9 +19,12 @@ viewer sees, by the playlist's clock rather than by reading the picture. A few L
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import secrets
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -34,16 +38,22 @@ from config.auth import Role, mint_token
 from config.services import EmbeddedServices
 from config.settings import Settings
 from interaction.bench import (
-    CLIENT_CPUS,
     cpu_seconds,
     percentiles,
-    pin_to,
     raise_fd_limit,
     start_nodes,
     stop_servers,
     wait_http,
 )
 from streaming.bench import FEED, SESSION, _start_publisher, _wait_until
+
+PER_GENERATOR = 2500  # players per generator process (one event loop each)
+
+
+def _lower() -> None:
+    """Generators may use every CPU but yield to the nodes and the publisher (nice 10): one
+    event loop cannot play thousands of players, and the nodes use well under a core."""
+    os.nice(10)
 
 
 class Players:
@@ -180,6 +190,37 @@ async def _ll_player(http: aiohttp.ClientSession, base: str, stats: Players, unt
         query = f"?_HLS_msn={seq}&_HLS_part={index}"
 
 
+async def _generate(
+    urls: list[str], players: int, ll_players: int, seconds: float, first: int
+) -> dict[str, Any]:
+    """One generator process's players; their raw figures."""
+    stats, ll_stats = Players(), Players()
+    connector = aiohttp.TCPConnector(limit=0)
+    timeout = aiohttp.ClientTimeout(total=30)
+    start = time.monotonic()
+    ramp = min(5.0, seconds / 4)
+    nodes = len(urls)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
+        await asyncio.gather(
+            *(
+                _player(http, urls[(first + n) % nodes], stats, start + ramp + seconds, ramp * n / players)
+                for n in range(players)
+            ),
+            *(_ll_player(http, urls[n % nodes], ll_stats, start + ramp + seconds) for n in range(ll_players)),
+        )
+    return {"hls": vars(stats), "ll": vars(ll_stats)}
+
+
+def _generator_main() -> None:
+    """`python -m streaming.hlsbench URLS PLAYERS LL SECONDS FIRST`: prints its figures as JSON."""
+    raise_fd_limit()
+    urls, players, ll_players, seconds, first = sys.argv[1:6]
+    result = asyncio.run(
+        _generate(urls.split(","), int(players), int(ll_players), float(seconds), int(first))
+    )
+    print(json.dumps(result))
+
+
 async def bench_hls(
     *, viewers: int, nodes: int, seconds: float, progress: Callable[[str], None]
 ) -> dict[str, Any]:
@@ -227,29 +268,40 @@ async def bench_hls(
                     return r.status == 200 and (await r.text()).count("#EXTINF") >= 2
 
             await _wait_until(listed, 60, "the first HLS segments")
-        pin = pin_to(CLIENT_CPUS)
-        if pin is not None:
-            pin()
         progress(f"{viewers} players over {nodes} nodes for {seconds:.0f} s")
-        stats, ll_stats = Players(), Players()
         ll_players = min(20, max(1, viewers // 20))
+        generators = max(1, -(-viewers // PER_GENERATOR))
         pids = [p.pid for p in procs]
         cpu_before = cpu_seconds(pids)
-        connector = aiohttp.TCPConnector(limit=0, force_close=False)
-        timeout = aiohttp.ClientTimeout(total=30)
         start = time.monotonic()
-        ramp = min(5.0, seconds / 4)
-        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
-            await asyncio.gather(
-                *(
-                    _player(http, urls[n % nodes], stats, start + ramp + seconds, ramp * n / viewers)
-                    for n in range(viewers)
-                ),
-                *(
-                    _ll_player(http, urls[n % nodes], ll_stats, start + ramp + seconds)
-                    for n in range(ll_players)
-                ),
+        share = -(-viewers // generators)
+        spawned = [
+            await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "streaming.hlsbench",
+                ",".join(urls),
+                str(min(share, viewers - g * share)),
+                str(ll_players if g == 0 else 0),
+                str(seconds),
+                str(g),
+                stdout=asyncio.subprocess.PIPE,
+                preexec_fn=_lower,
             )
+            for g in range(generators)
+        ]
+        outputs = [json.loads((await p.communicate())[0]) for p in spawned]
+        stats, ll_stats = Players(), Players()
+        for out in outputs:
+            for target, raw in ((stats, out["hls"]), (ll_stats, out["ll"])):
+                for name, value in raw.items():
+                    current = getattr(target, name)
+                    if isinstance(current, list):
+                        current.extend(value)
+                    elif name in ("target", "part_target"):
+                        setattr(target, name, max(current, value))
+                    else:
+                        setattr(target, name, current + value)
         elapsed = time.monotonic() - start
         server_cpu = cpu_seconds(pids) - cpu_before
         availability = percentiles(stats.availability)  # in ms
@@ -290,3 +342,7 @@ async def bench_hls(
         stop_servers(procs)
         await asyncio.to_thread(services.stop)
         await asyncio.to_thread(shutil.rmtree, root, True)
+
+
+if __name__ == "__main__":
+    _generator_main()
