@@ -4,6 +4,8 @@ approves; the projector shows the results), an XSS corpus, both languages, a pho
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,7 +32,7 @@ FRAMES_DECODED = """async () => {
 
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
-    return settings.replace(webrtc_host_addresses=("127.0.0.1",), comment_burst=20)
+    return settings.replace(webrtc_host_addresses=("127.0.0.1",), comment_burst=4)
 
 
 def url(client: Any, page: str, token: dict[str, str], session: str = SESSION) -> str:
@@ -294,3 +296,78 @@ async def test_viewer_page_at_phone_width(client: Any, auth: Any, db: Any, brows
     await wait_text(page, "#comment-status", "等待审核")
     await page.shot("phone-viewer")
     assert page.errors == []
+
+
+async def test_moderation_and_host_tools(client: Any, auth: Any, db: Any, browser: Any) -> None:
+    """What the scenario does not touch: a sensitive-word hit marked, filtering, adopting with
+    a note, the export; the comment rate limit as the viewer sees it; the host's on-site
+    counts, who has not voted and the nudge, and ending the session."""
+    await live_session(client, auth, db)
+    r = await client.put("/api/sensitive-words", json={"words": ["敏感词"]}, headers=auth.admin)
+    assert r.status == 200
+    viewer = await open_page(browser, url(client, "watch", auth("R1", name="王伟")))
+    moderator = await open_page(browser, url(client, "moderate", auth("M1", Role.MODERATOR)))
+    host = await open_page(browser, url(client, "host", auth("H1", Role.HOST)))
+    await wait_text(viewer, "#title", "专题询问")
+
+    # Four comments use the burst (four in these tests); the fifth is refused, the wait shown.
+    for text in ("第一条：道路维修进度如何？", "第二条 含 敏 感-词 的留言", "第三条：停车难", "第四条"):
+        await viewer.page.fill("#comment-text", text)
+        await viewer.page.click("#comment-send")
+        await wait_text(viewer, "#comment-status", "等待审核")
+    await viewer.page.fill("#comment-text", "第五条")
+    await viewer.page.click("#comment-send")
+    await wait_text(viewer, "#comment-status", "秒后再试")
+    assert await viewer.page.locator("#comment-send").is_disabled()
+
+    # The hit is marked and can be filtered; adopting asks for a note.
+    await wait_text(moderator, "#queue li.flagged", "敏感词")
+    assert await moderator.page.inner_text("#n-flagged") == "1"
+    await moderator.page.select_option("#filter", "flagged")
+    assert len(await texts(moderator, "#queue li")) == 1
+    await moderator.page.select_option("#filter", "clean")
+    await wait_text(moderator, "#queue li", "道路维修")
+    first = moderator.page.locator("#queue li", has_text="道路维修")
+    await first.locator("button[data-action=adopt]").click()
+    await moderator.page.fill("#adopt-note", "转交市交通运输局")
+    await moderator.page.click("#adopt-form button[type=submit]")
+    await wait_text(moderator, "#published li", "转交市交通运输局")
+    await wait_text(viewer, "#comment-list li", "已采纳")
+    row = await db.fetchrow("SELECT adopted, adopted_note FROM comments WHERE body LIKE '第一条%'")
+    assert row["adopted"] is True and row["adopted_note"] == "转交市交通运输局"
+    async with moderator.page.expect_download() as download:
+        await moderator.page.click("#export-csv")
+    saved = await (await download.value).path()
+    exported = await asyncio.to_thread(Path(saved).read_text, encoding="utf-8-sig")
+    assert "道路维修" in exported and "转交市交通运输局" in exported
+
+    # The host: a poll, the on-site count, who has not voted, the nudge, the end.
+    await host.page.select_option("#template", "satisfaction_per_department")
+    await host.page.fill("#poll-title", "测评")
+    await host.page.fill("#poll-units", "市交通运输局")
+    await host.page.click("#poll-form button[type=submit]")
+    await host.page.click("#poll-list article button.primary")  # open
+    card = host.page.locator("#poll-list article").first
+    await card.locator("summary", has_text="未投票").click()
+    await card.locator("button", has_text="查看").click()
+    await wait_text(host, "#poll-list .missing li", "R1")
+    await card.locator("button", has_text="提醒投票").click()
+    await wait_text(host, "#poll-list article", "已提醒 1 人")
+    await wait_text(viewer, "#status", "主持人提醒您参加测评")
+    await card.locator("summary", has_text="现场计票").click()
+    inputs = card.locator(".onsite input")
+    for n, value in enumerate(("40", "8", "2")):
+        await inputs.nth(n).fill(value)
+    await card.locator(".onsite button[type=submit]").click()
+    await wait_text(host, "#poll-list article", "现场票数已保存")
+    counts = await db.fetch("SELECT count FROM onsite_tallies ORDER BY option_id")
+    assert [c["count"] for c in counts] == [40, 8, 2]
+    await host.page.click("#end")
+    await wait_text(host, "#state-status", "再次点击")
+    await host.page.click("#end")
+    await wait_text(host, "#state", "已结束")
+    await wait_text(viewer, "#comment-closed", "会议已结束")
+    await moderator.shot("tools-moderator")
+    await host.shot("tools-host")
+    for p in (moderator, host):
+        assert p.errors == [], p.errors

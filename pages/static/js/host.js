@@ -124,7 +124,10 @@ addStrings(
   },
 );
 
-const page = { session: null, token: null, live: null, polls: new Map(), templates: {}, stream: null, pub: null, feeds: new Map() };
+const page = {
+  session: null, token: null, live: null, polls: new Map(), templates: {}, stream: null, pub: null,
+  feeds: new Map(), notes: new Map(), opened: new Set(),
+};
 const sid = () => encodeURIComponent(page.session.id);
 
 function renderHead() {
@@ -306,6 +309,8 @@ function onsiteForm(poll) {
     form.append(row);
   }
   const status = h("p", { role: "status" });
+  const note = page.notes.get(`onsite-${poll.id}`);
+  if (note) { status.textContent = t(note[0]); status.dataset.kind = note[1]; }
   form.append(h("button", { type: "submit" }, t("host.save_onsite")), status);
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
@@ -317,15 +322,14 @@ function onsiteForm(poll) {
     try {
       const { results } = await api(`/api/polls/${poll.id}/onsite`, { method: "PUT", body: { counts } });
       poll.results = results;
-      status.textContent = t("host.onsite_saved");
-      status.dataset.kind = "ok";
+      page.notes.set(`onsite-${poll.id}`, ["host.onsite_saved", "ok"]);
       renderPolls();
     } catch (err) {
       status.textContent = errorText(err);
       status.dataset.kind = "error";
     }
   });
-  return h("details", {}, h("summary", {}, t("host.onsite")), form);
+  return keepOpen(h("details", {}, h("summary", {}, t("host.onsite")), form), `onsite-${poll.id}`);
 }
 
 function missingBox(poll) {
@@ -345,9 +349,16 @@ function missingBox(poll) {
       status.dataset.kind = "ok";
     } catch (err) { status.textContent = errorText(err); }
   };
-  return h("details", {}, h("summary", {}, t("host.missing")),
+  return keepOpen(h("details", {}, h("summary", {}, t("host.missing")),
     h("div", { class: "row" }, h("button", { type: "button", onclick: load }, t("host.load_missing")),
-      h("button", { type: "button", onclick: nudge }, t("host.nudge"))), list, status);
+      h("button", { type: "button", onclick: nudge }, t("host.nudge"))), list, status), `missing-${poll.id}`);
+}
+
+// A <details> that stays open when the poll list is drawn again.
+function keepOpen(details, id) {
+  details.open = page.opened.has(id);
+  details.addEventListener("toggle", () => { if (details.open) page.opened.add(id); else page.opened.delete(id); });
+  return details;
 }
 
 function pollCard(poll) {
