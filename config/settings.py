@@ -103,6 +103,7 @@ class Settings:
     hls_url_ttl: float = 14400.0
     hls_signing_key: str = ""
     recording_retention_days: float = 365.0
+    upstream_allowlist: tuple[str, ...] = ()
 
     @property
     def embedded_database(self) -> bool:
@@ -312,6 +313,9 @@ def _validated(s: Settings) -> Settings:
         fail("hls_url_ttl", "must be 60..604800 seconds")
     if s.hls_signing_key and len(s.hls_signing_key) < 32:
         fail("hls_signing_key", "must be at least 32 characters (use a random string)")
+    for entry in s.upstream_allowlist:
+        if not entry.strip() or "/" in entry.strip().split("/")[0] or " " in entry.strip():
+            fail("upstream_allowlist", f"{entry!r} is not a host name, *.suffix, IP address or network")
     if not 0 < s.recording_retention_days <= 36500:
         fail("recording_retention_days", "must be more than 0 and at most 36500 days")
     if not 10 <= s.replay_limit <= 100_000:

@@ -38,6 +38,7 @@ class FeedSpec(msgspec.Struct, forbid_unknown_fields=True):
     id: Annotated[str, msgspec.Meta(pattern=f"^{FEED_ID}$")]
     session: Annotated[str, msgspec.Meta(pattern=f"^{SESSION_ID}$")]
     delay: Annotated[int, msgspec.Meta(ge=0, le=300)] = 0  # seconds the public output trails live
+    upstream: Annotated[str, msgspec.Meta(min_length=8, max_length=2048)] | None = None  # an HLS URL
 
 
 def new_key() -> str:
@@ -58,6 +59,8 @@ def view(row: asyncpg.Record) -> dict[str, Any]:
         "rotated_at": row["rotated_at"].isoformat() if row["rotated_at"] else None,
         "delay": row["delay_seconds"],
         "cut": row["cut"],
+        "source": row["source"],
+        "upstream": row["upstream_url"],
     }
 
 
@@ -67,20 +70,24 @@ def check_id(feed_id: str) -> str:
     return feed_id
 
 
-async def create(pool: asyncpg.Pool, spec: FeedSpec, actor: str) -> tuple[dict[str, Any], str]:
-    """A new WHIP feed for a session; returns it and its stream key (shown only now)."""
-    key = new_key()
+async def create(pool: asyncpg.Pool, spec: FeedSpec, actor: str) -> tuple[dict[str, Any], str | None]:
+    """A new feed for a session: published over WHIP (returns its stream key, shown only
+    now) or relayed from `spec.upstream` (no key)."""
+    key = new_key() if spec.upstream is None else None
     async with pool.acquire() as conn, conn.transaction():
         if not await conn.fetchval("SELECT true FROM sessions WHERE id = $1", spec.session):
             raise SessionNotFound(f"no session {spec.session!r}; create the session first")
         row = await conn.fetchrow(
-            """INSERT INTO feeds (id, session_id, source, stream_key_hash, created_by, delay_seconds)
-               VALUES ($1, $2, 'whip', $3, $4, $5) ON CONFLICT (id) DO NOTHING RETURNING *""",
+            """INSERT INTO feeds (id, session_id, source, stream_key_hash, created_by, delay_seconds,
+                                  upstream_url)
+               VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING RETURNING *""",
             spec.id,
             spec.session,
-            digest(key),
+            "whip" if key else "hls_relay",
+            digest(key) if key else None,
             actor,
             spec.delay,
+            spec.upstream,
         )
         if row is None:
             raise FeedExists(f"feed {spec.id!r} exists; rotate its key with POST /api/feeds/{spec.id}/key")
@@ -88,7 +95,7 @@ async def create(pool: asyncpg.Pool, spec: FeedSpec, actor: str) -> tuple[dict[s
             "INSERT INTO audit_log (actor, action, target, detail) VALUES ($1, 'feed.create', $2, $3)",
             actor,
             spec.id,
-            {"session": spec.session, "delay": spec.delay},
+            {"session": spec.session, "delay": spec.delay, "upstream": spec.upstream},
         )
     return view(row), key
 
@@ -177,6 +184,22 @@ async def mark_live(pool: asyncpg.Pool, feed_id: str, node: str) -> tuple[str, l
     return row["session_id"], appended
 
 
+async def mark_stalled(pool: asyncpg.Pool, feed_id: str, node: str) -> tuple[str, list[events.Event]] | None:
+    """A relayed feed whose upstream stopped sending, with a `feed.stalled` event."""
+    async with pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(
+            """UPDATE feeds SET state = 'stalled' WHERE id = $1 AND state = 'live' AND node = $2
+            RETURNING session_id""",
+            feed_id,
+            node,
+        )
+        if row is None:
+            return None
+        data = {"feed": feed_id}
+        appended = await events.append(conn, row["session_id"], [events.NewEvent("feed.stalled", data)])
+    return row["session_id"], appended
+
+
 async def mark_ended(
     pool: asyncpg.Pool, feed_id: str, node: str | None, reason: str
 ) -> tuple[str, list[events.Event]] | None:
@@ -185,7 +208,7 @@ async def mark_ended(
     async with pool.acquire() as conn, conn.transaction():
         row = await conn.fetchrow(
             """UPDATE feeds SET state = 'ended', node = NULL
-                WHERE id = $1 AND state = 'live' AND ($2::text IS NULL OR node = $2)
+                WHERE id = $1 AND state IN ('live', 'stalled') AND ($2::text IS NULL OR node = $2)
             RETURNING session_id""",
             feed_id,
             node,
@@ -199,7 +222,7 @@ async def mark_ended(
 
 async def end_all_of(pool: asyncpg.Pool, node: str, reason: str) -> list[tuple[str, list[events.Event]]]:
     """End every feed still recorded as live on `node` (it stopped or died)."""
-    ids = await pool.fetch("SELECT id FROM feeds WHERE state = 'live' AND node = $1", node)
+    ids = await pool.fetch("SELECT id FROM feeds WHERE state IN ('live', 'stalled') AND node = $1", node)
     done = []
     for row in ids:
         if (ended := await mark_ended(pool, row["id"], node, reason)) is not None:

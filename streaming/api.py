@@ -21,7 +21,7 @@ from config.settings import Settings
 from config.web import caller, json_response, read_body, read_json
 from recorder import feeds as ledger
 from recorder import sessions
-from streaming import hls, rtc
+from streaming import hls, rtc, upstream
 from streaming.errors import FeedNotLive
 from streaming.hub import Streaming
 
@@ -177,8 +177,11 @@ async def create_feed(request: web.Request) -> web.Response:
     who = caller(request)
     require_role(who, action="creating a feed")
     spec = await read_json(request, ledger.FeedSpec, limit=4096)
+    if spec.upstream is not None:  # refused before anything is stored or fetched
+        upstream.Policy.parse(request.app[keys.SETTINGS].upstream_allowlist).check_url(spec.upstream)
     feed, key = await ledger.create(request.app[keys.DB], spec, who.rep)
-    return json_response({"feed": feed, "key": key, "whip": f"/whip/{feed['id']}"}, status=201)
+    whip = f"/whip/{feed['id']}" if key else None
+    return json_response({"feed": feed, "key": key, "whip": whip}, status=201)
 
 
 async def rotate_key(request: web.Request) -> web.Response:

@@ -27,7 +27,7 @@ from config.keys import EventSink
 from config.metrics import Metrics
 from config.settings import Settings
 from recorder import feeds as ledger
-from streaming import hls, relay, rtc
+from streaming import hls, relay, rtc, upstream
 from streaming.broadcast import Broadcast
 from streaming.errors import BadOffer, FeedBusy, FeedNotLive, NodeFull, PublicOnHls
 
@@ -62,6 +62,20 @@ class Ingest:
 
 
 @dataclass(eq=False)
+class RelayRun:
+    """A feed pulled from its upstream HLS URL by this node."""
+
+    feed_id: str
+    session_id: str
+    claim: str
+    relay: upstream.Relay
+    output: hls.Output
+    recording: hls.Recording
+    task: asyncio.Task[None] | None = None
+    stopped: bool = False
+
+
+@dataclass(eq=False)
 class Viewer:
     feed_id: str
     resource: str
@@ -88,6 +102,8 @@ class Streaming:
         self._loops: list[asyncio.Task[None]] = []
         self.bus: hls.SegmentBus | None = None
         self.recordings = settings.data_dir / "recordings"
+        self.relays: dict[str, RelayRun] = {}  # by feed id
+        self.resolve: upstream.Resolve = upstream.system_resolve
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -115,6 +131,7 @@ class Streaming:
             asyncio.create_task(self._renew_loop(), name="feed leases"),
             asyncio.create_task(self._sweep_loop(), name="feed sweeper"),
             asyncio.create_task(self._cut_loop(), name="kill switches"),
+            asyncio.create_task(self._relay_loop(), name="upstream relays"),
         ]
 
     async def stop(self) -> None:
@@ -124,6 +141,8 @@ class Streaming:
             await self.close_viewer(viewer)
         for ingest in tuple(self.ingests.values()):
             await self.end_ingest(ingest, "node_stopped")
+        for run in tuple(self.relays.values()):
+            await self.stop_relay(run, "node_stopped")
         for task in tuple(self._tasks):
             task.cancel()
         for task in (*self._loops, *self._tasks):
@@ -243,6 +262,8 @@ class Streaming:
     async def apply_cut(self, feed_id: str, cut: bool) -> None:
         """The kill switch on this node: the public output shows the slate (or the picture
         again), and viewers who are not staff leave WebRTC for the HLS output."""
+        if (run := self.relays.get(feed_id)) is not None:
+            run.output.set_cut(cut)
         ingest = self.ingests.get(feed_id)
         if ingest is None or ingest.output is None or ingest.output.cut == cut:
             return
@@ -251,6 +272,87 @@ class Streaming:
         if cut:
             for viewer in [v for v in self.viewers.values() if v.feed_id == feed_id and not v.staff]:
                 await self.close_viewer(viewer)
+
+    # --- upstream relays ----------------------------------------------------------------------
+
+    async def _relay_loop(self) -> None:
+        """Relayed feeds are pulled while their session is live, each by the node that claims
+        it first; the claim is renewed like a WHIP publisher's."""
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                rows = await self.pool.fetch(
+                    """SELECT f.id, f.session_id, f.upstream_url, f.delay_seconds, f.cut
+                         FROM feeds f JOIN sessions s ON s.id = f.session_id
+                        WHERE f.source = 'hls_relay' AND s.state = 'live'"""
+                )
+                wanted = {row["id"]: row for row in rows}
+                for feed_id, run in tuple(self.relays.items()):
+                    if feed_id not in wanted:
+                        await self.stop_relay(run, "session_ended")
+                for feed_id, row in wanted.items():
+                    if feed_id not in self.relays and feed_id not in self.ingests:
+                        await self._start_relay(row)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("upstream relays not checked: %r", exc)
+
+    async def _start_relay(self, row: asyncpg.Record) -> None:
+        feed_id = row["id"]
+        claim = json.dumps({"node": self.node, "url": self.settings.base_url, "resource": "relay"})
+        if not await self.redis.set(self._key(feed_id), claim, nx=True, px=self._lease_ms()):
+            return  # another node pulls it
+        recording = hls.Recording(self.recordings, feed_id)
+        bus = self.bus
+        target = self.settings.hls_segment_seconds
+
+        async def emit(segment: hls.Segment) -> None:
+            await recording.add(segment)
+            if bus is not None:
+                await bus.publish(segment, target)
+
+        async def no_parts(part: hls.Part) -> None:
+            return None
+
+        output = hls.Output(feed_id, delay=float(row["delay_seconds"]), emit=emit, emit_part=no_parts)
+        output.set_cut(bool(row["cut"]))
+        output.start()
+
+        async def on_state(state: str) -> None:
+            if state == "live":
+                await self.committed(*await ledger.mark_live(self.pool, feed_id, self.node))
+            elif (stalled := await ledger.mark_stalled(self.pool, feed_id, self.node)) is not None:
+                await self.committed(*stalled)
+
+        policy = upstream.Policy.parse(self.settings.upstream_allowlist)
+        pull = upstream.Relay(
+            feed_id, row["upstream_url"], policy, emit=output.add, on_state=on_state, resolve=self.resolve
+        )
+        run = RelayRun(feed_id, row["session_id"], claim, pull, output, recording)
+        run.task = asyncio.create_task(pull.run(), name=f"relay {feed_id}")
+        self.relays[feed_id] = run
+        log.info("feed %s: relaying %s", feed_id, row["upstream_url"])
+
+    async def stop_relay(self, run: RelayRun, reason: str) -> None:
+        if run.stopped:
+            return
+        run.stopped = True
+        self.relays.pop(run.feed_id, None)
+        if run.task is not None:
+            run.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await run.task
+        try:
+            await run.output.close()
+            await run.recording.close()
+            if self.bus is not None:
+                await self.bus.end(run.feed_id)
+            await self.redis.eval(_RELEASE, 1, self._key(run.feed_id), run.claim)
+            if ended := await ledger.mark_ended(self.pool, run.feed_id, self.node, reason):
+                await self.committed(*ended)
+        except Exception as exc:
+            log.warning("feed %s: relay not stopped cleanly: %r", run.feed_id, exc)
 
     async def _cut_loop(self) -> None:
         """Picks up kill switches pressed on other nodes (the ledger holds the state)."""
@@ -352,6 +454,16 @@ class Streaming:
                 if not kept:
                     log.warning("feed %s: registration lost; ending it here", ingest.feed_id)
                     await self.end_ingest(ingest, "registration_lost")
+            for run in tuple(self.relays.values()):
+                try:
+                    kept = await self.redis.eval(
+                        _RENEW, 1, self._key(run.feed_id), run.claim, str(self._lease_ms())
+                    )
+                except Exception as exc:
+                    log.warning("feed %s: lease not renewed: %r", run.feed_id, exc)
+                    continue
+                if not kept:
+                    await self.stop_relay(run, "registration_lost")
             self._close_stalled()
 
     async def _sweep_loop(self) -> None:
@@ -364,9 +476,9 @@ class Streaming:
 
     async def sweep(self) -> None:
         """End feeds the ledger says are live whose owner no longer holds them."""
-        rows = await self.pool.fetch("SELECT id, node FROM feeds WHERE state = 'live'")
+        rows = await self.pool.fetch("SELECT id, node FROM feeds WHERE state IN ('live', 'stalled')")
         for row in rows:
-            if row["node"] == self.node and row["id"] in self.ingests:
+            if row["node"] == self.node and (row["id"] in self.ingests or row["id"] in self.relays):
                 continue
             if await self.redis.exists(self._key(row["id"])):
                 continue

@@ -89,10 +89,12 @@ async def seed(pool: asyncpg.Pool) -> str:
     with contextlib.suppress(SessionConflict):  # kept from an earlier run
         await sessions.create(pool, demo_session_spec(datetime.now(UTC)), "demo")
     try:
-        _, key = await feeds.create(pool, feeds.FeedSpec(id=DEMO_FEED, session=DEMO_SESSION), "demo")
+        _, created = await feeds.create(pool, feeds.FeedSpec(id=DEMO_FEED, session=DEMO_SESSION), "demo")
     except feeds.FeedExists:
         _, key = await feeds.rotate(pool, DEMO_FEED, "demo")
-    return key
+        return key
+    assert created is not None  # a WHIP feed has a key
+    return created
 
 
 async def publish_demo_feed(url: str, key: str) -> None:

@@ -56,7 +56,9 @@ def run(args: argparse.Namespace) -> int:
         async with ledger(settings) as pool:
             if args.action == "create":
                 spec = feeds.FeedSpec(id=args.feed, session=args.session)
-                _, key = await feeds.create(pool, spec, "cli")
+                _, created = await feeds.create(pool, spec, "cli")
+                assert created is not None  # a WHIP feed has a key
+                key = created
             else:
                 _, key = await feeds.rotate(pool, args.feed, "cli")
         return key
