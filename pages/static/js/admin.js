@@ -98,6 +98,9 @@ addStrings(
     "admin.feeds.new_id": "新视频源编号",
     "admin.feeds.id_hint": "规则同会议编号，如 main、hall-2。",
     "admin.feeds.delay": "公开画面延时（秒）",
+    "admin.feeds.upstream": "上游 HLS 地址（可选）",
+    "admin.feeds.upstream_hint": "转播法院等已有的 HLS 直播：填写媒体播放列表地址，不再发放推流密钥。主机须在 upstream_allowlist 中。",
+    "admin.feeds.relayed": "已创建转播视频源 {id}：会议开始后由节点拉取。",
     "admin.feeds.delay_hint": "庭审等场合可设 0–300 秒：公众看到的画面比现场晚这么多秒，主持人可在此期间切断。",
     "admin.v.delay": "延时应为 0–300 之间的整数秒。",
     "admin.feeds.create": "创建视频源",
@@ -273,6 +276,9 @@ addStrings(
     "admin.feeds.new_id": "New feed id",
     "admin.feeds.id_hint": "Same rules as session ids, e.g. main, hall-2.",
     "admin.feeds.delay": "Public delay (seconds)",
+    "admin.feeds.upstream": "Upstream HLS URL (optional)",
+    "admin.feeds.upstream_hint": "To relay an existing HLS channel (a court's): its media playlist URL; no stream key is issued. The host must be on upstream_allowlist.",
+    "admin.feeds.relayed": "Relayed feed {id} created: a node pulls it while the session is live.",
     "admin.feeds.delay_hint": "0–300 s, e.g. for court hearings: the public sees the picture this much later, and the host can cut it meanwhile.",
     "admin.v.delay": "The delay is a whole number of seconds from 0 to 300.",
     "admin.feeds.create": "Create feed",
@@ -696,9 +702,14 @@ async function createFeed(ev) {
   if (!Number.isInteger(delay) || delay < 0 || delay > 300) return invalid("feed-status", "feed-delay", "admin.v.delay");
   await busy($("feed-submit"), async () => {
     try {
-      const created = await api("/api/feeds", { method: "POST", body: { id, session, delay } });
-      showKey(created.feed.id, created.key, created.whip);
-      tell("feed-status", () => t("admin.feeds.created", { id }), "ok");
+      const upstream = $("feed-upstream").value.trim() || undefined;
+      const created = await api("/api/feeds", { method: "POST", body: { id, session, delay, upstream } });
+      if (created.key) {
+        showKey(created.feed.id, created.key, created.whip);
+        tell("feed-status", () => t("admin.feeds.created", { id }), "ok");
+      } else {
+        tell("feed-status", () => t("admin.feeds.relayed", { id }), "ok");
+      }
       await loadFeeds();
     } catch (err) {
       tell("feed-status", () => errorText(err), "error");
