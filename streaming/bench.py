@@ -47,6 +47,23 @@ FEED = "bench"
 SESSION = "bench-video"
 
 
+async def create_feed(http: aiohttp.ClientSession, url: str, admin: dict[str, str], *, kind: str) -> str:
+    """The benchmark's public session and its WHIP feed; returns the stream key."""
+    spec = {
+        "id": SESSION,
+        "kind": kind,
+        "title": "bench",
+        "audience": "public",  # open to anyone: no signed HLS URLs
+        "scheduled_start": "2026-12-01T09:00:00+08:00",
+        "scheduled_end": "2026-12-01T11:00:00+08:00",
+    }
+    async with http.post(f"{url}/api/sessions", json=spec, headers=admin) as r:
+        assert r.status == 201, await r.text()
+    async with http.post(f"{url}/api/feeds", json={"id": FEED, "session": SESSION}, headers=admin) as r:
+        assert r.status == 201, await r.text()
+        return str((await r.json())["key"])
+
+
 def _tribune_cmd() -> str:
     return str(Path(sys.executable).with_name("tribune"))
 
@@ -203,21 +220,7 @@ async def run_tribune(
     try:
         await wait_http(url + "/readyz")
         async with aiohttp.ClientSession() as http:
-            spec = {
-                "id": SESSION,
-                "kind": "lecture",
-                "title": "bench",
-                "audience": "public",
-                "scheduled_start": "2026-12-01T09:00:00+08:00",
-                "scheduled_end": "2026-12-01T11:00:00+08:00",
-            }
-            async with http.post(f"{url}/api/sessions", json=spec, headers=admin) as r:
-                assert r.status == 201, await r.text()
-            async with http.post(
-                f"{url}/api/feeds", json={"id": FEED, "session": SESSION}, headers=admin
-            ) as r:
-                assert r.status == 201, await r.text()
-                key = (await r.json())["key"]
+            key = await create_feed(http, url, admin, kind="lecture")
             publisher = _start_publisher(f"{url}/whip/{FEED}", key, root / "tribune-publisher.log")
 
             async def live() -> bool:

@@ -79,6 +79,16 @@ class _Pending:
     parts: list[asyncio.Future[tuple[bytes, float, bool]]] = field(default_factory=list)
 
 
+def aac_encoder(bit_rate: int) -> av.AudioCodecContext:
+    """AAC-LC, 48 kHz stereo: the audio of every HLS segment."""
+    aac = av.CodecContext.create("aac", "w")
+    assert isinstance(aac, av.AudioCodecContext)
+    aac.sample_rate, aac.layout, aac.format, aac.bit_rate = AAC_RATE, "stereo", "fltp", bit_rate
+    aac.time_base = Fraction(1, AAC_RATE)
+    aac.open()
+    return aac
+
+
 def _copy(packet: av.Packet, time_base: Fraction) -> av.Packet:  # type: ignore[type-arg]
     """A packet of our own: the broadcast's is shared with every other sink."""
     out = av.Packet(bytes(packet))
@@ -187,15 +197,7 @@ class Segmenter:
         if self._video_base is None:
             return  # no video yet: audio would start before the first segment
         if self._aac is None:
-            aac = av.CodecContext.create("aac", "w")
-            assert isinstance(aac, av.AudioCodecContext)
-            self._aac = aac
-            self._aac.sample_rate = AAC_RATE
-            self._aac.layout = "stereo"
-            self._aac.format = "fltp"
-            self._aac.bit_rate = 96_000
-            self._aac.time_base = Fraction(1, AAC_RATE)
-            self._aac.open()
+            self._aac = aac_encoder(96_000)
             self._resampler = av.AudioResampler(
                 format="fltp", layout="stereo", rate=AAC_RATE, frame_size=self._aac.frame_size
             )
@@ -328,11 +330,7 @@ def slate_segment(segment: Segment, fps: int = 10) -> Segment:
         for packet in video.encode(frame):
             packet.time_base = Fraction(1, VIDEO_CLOCK)
             vpackets.append(packet)
-    aac = av.CodecContext.create("aac", "w")
-    assert isinstance(aac, av.AudioCodecContext)
-    aac.sample_rate, aac.layout, aac.format, aac.bit_rate = AAC_RATE, "stereo", "fltp", 64_000
-    aac.time_base = Fraction(1, AAC_RATE)
-    aac.open()
+    aac = aac_encoder(64_000)
     apackets = []
     start = segment.first_pts * AAC_RATE // VIDEO_CLOCK
     samples = int(segment.duration * AAC_RATE)

@@ -45,7 +45,7 @@ from interaction.bench import (
     stop_servers,
     wait_http,
 )
-from streaming.bench import FEED, SESSION, _start_publisher, _wait_until
+from streaming.bench import FEED, _start_publisher, _wait_until, create_feed
 
 PER_GENERATOR = 2500  # players per generator process (one event loop each)
 
@@ -246,21 +246,7 @@ async def bench_hls(
         for url in urls:
             await wait_http(url + "/readyz")
         async with aiohttp.ClientSession() as http:
-            spec = {
-                "id": SESSION,
-                "kind": "court_hearing",
-                "title": "bench",
-                "audience": "public",  # an open hearing: no signed URLs
-                "scheduled_start": "2026-12-01T09:00:00+08:00",
-                "scheduled_end": "2026-12-01T11:00:00+08:00",
-            }
-            async with http.post(f"{urls[0]}/api/sessions", json=spec, headers=admin) as r:
-                assert r.status == 201, await r.text()
-            async with http.post(
-                f"{urls[0]}/api/feeds", json={"id": FEED, "session": SESSION}, headers=admin
-            ) as r:
-                assert r.status == 201, await r.text()
-                key = (await r.json())["key"]
+            key = await create_feed(http, urls[0], admin, kind="court_hearing")
             publisher = _start_publisher(f"{urls[0]}/whip/{FEED}", key, root / "hls-publisher.log")
 
             async def listed() -> bool:

@@ -444,27 +444,24 @@ class Streaming:
         while True:
             await asyncio.sleep(self.settings.feed_lease / 3)
             for ingest in tuple(self.ingests.values()):
-                try:
-                    kept = await self.redis.eval(
-                        _RENEW, 1, self._key(ingest.feed_id), ingest.claim, str(self._lease_ms())
-                    )
-                except Exception as exc:
-                    log.warning("feed %s: lease not renewed: %r", ingest.feed_id, exc)
-                    continue
-                if not kept:
-                    log.warning("feed %s: registration lost; ending it here", ingest.feed_id)
+                if await self._renew(ingest.feed_id, ingest.claim) is False:
                     await self.end_ingest(ingest, "registration_lost")
             for run in tuple(self.relays.values()):
-                try:
-                    kept = await self.redis.eval(
-                        _RENEW, 1, self._key(run.feed_id), run.claim, str(self._lease_ms())
-                    )
-                except Exception as exc:
-                    log.warning("feed %s: lease not renewed: %r", run.feed_id, exc)
-                    continue
-                if not kept:
+                if await self._renew(run.feed_id, run.claim) is False:
                     await self.stop_relay(run, "registration_lost")
             self._close_stalled()
+
+    async def _renew(self, feed_id: str, claim: str) -> bool | None:
+        """Extends our registration of the feed: False if it is no longer ours, None if Redis
+        could not be asked (the next round tries again)."""
+        try:
+            kept = await self.redis.eval(_RENEW, 1, self._key(feed_id), claim, str(self._lease_ms()))
+        except Exception as exc:
+            log.warning("feed %s: lease not renewed: %r", feed_id, exc)
+            return None
+        if not kept:
+            log.warning("feed %s: registration lost; ending it here", feed_id)
+        return bool(kept)
 
     async def _sweep_loop(self) -> None:
         while True:

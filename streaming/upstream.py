@@ -165,9 +165,10 @@ async def fetch(policy: Policy, url: str, *, limit: int, timeout: float, resolve
     """GET `url` under the policy: checked addresses, no redirects, at most `limit` bytes."""
     host, _, addresses = await policy.addresses(url, resolve)
     connector = aiohttp.TCPConnector(resolver=_Pinned(host, addresses), use_dns_cache=False)
-    async with aiohttp.ClientSession(
-        connector=connector, timeout=aiohttp.ClientTimeout(total=timeout)
-    ) as http, http.get(url, allow_redirects=False) as r:
+    async with (
+        aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout)) as http,
+        http.get(url, allow_redirects=False) as r,
+    ):
         if 300 <= r.status < 400:
             raise UpstreamRefused(
                 f"{url} redirects to {r.headers.get('Location')!r}; redirects are not followed"

@@ -5,7 +5,7 @@ import {
   $, api, h, t, say, errorText, fmtDateTime, fmtTime, setupPage, signIn, sessionId,
 } from "./common.js";
 import { addStrings } from "./i18n.js";
-import { Live } from "./live.js";
+import { Live, showConnection } from "./live.js";
 import { resultsView } from "./polls.js";
 import { publish, rateMeter } from "./video.js";
 
@@ -389,8 +389,7 @@ function renderAll() {
   renderTemplates();
   renderPolls();
   renderCut();
-  $("conn").textContent = t(`conn.${page.live.status === "refused" ? "reconnecting" : page.live.status}`);
-  $("presence").textContent = t("presence", { n: page.live.presence });
+  page.drawConnection();
 }
 
 async function loadFeeds() {
@@ -439,14 +438,9 @@ async function main() {
     return;
   }
   page.live = new Live(page.token, page.session.id);
+  page.drawConnection = showConnection(page.live);
   renderAll();
   const live = page.live;
-  live.addEventListener("status", (e) => {
-    $("conn").dataset.state = e.detail.status;
-    $("conn").textContent = e.detail.status === "refused"
-      ? t("conn.refused", { message: e.detail.message }) : t(`conn.${e.detail.status}`);
-  });
-  live.addEventListener("presence", () => { $("presence").textContent = t("presence", { n: live.presence }); });
   live.addEventListener("tally", (e) => {
     const poll = page.polls.get(e.detail.poll);
     const box = document.querySelector(`article[data-poll="${e.detail.poll}"] .tally`);

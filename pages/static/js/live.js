@@ -2,7 +2,7 @@
 // gap-free across reconnects. After a drop the client reconnects with `since` = the last seq
 // it applied, so the node replays what was missed; a jump in seq triggers `resync`.
 import { io, msgpackParser } from "/static/vendor/vendor.js";
-import { key } from "./common.js";
+import { $, key, t } from "./common.js";
 
 export class Live extends EventTarget {
   constructor(token, session) {
@@ -93,6 +93,7 @@ export class Live extends EventTarget {
 
   _status(status, message) {
     this.status = status;
+    this.statusMessage = message || "";
     this._emit("status", { status, message });
   }
 
@@ -179,4 +180,21 @@ export class Live extends EventTarget {
     }
     this._emit("event", ev);
   }
+}
+
+// The page header's connection state (#conn) and presence count (#presence), kept current;
+// returns the function that draws them, to call again after a language switch.
+export function showConnection(live) {
+  const draw = () => {
+    const conn = $("conn");
+    conn.dataset.state = live.status;
+    conn.textContent = live.status === "refused"
+      ? t("conn.refused", { message: live.statusMessage }) : t(`conn.${live.status}`);
+    const presence = $("presence");
+    if (presence) presence.textContent = t("presence", { n: live.presence });
+  };
+  live.addEventListener("status", draw);
+  live.addEventListener("presence", draw);
+  draw();
+  return draw;
 }

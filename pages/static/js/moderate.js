@@ -5,7 +5,7 @@ import {
   $, h, t, say, download, errorText, fmtTime, setupPage, signIn, sessionId, api,
 } from "./common.js";
 import { addStrings } from "./i18n.js";
-import { Live } from "./live.js";
+import { Live, showConnection } from "./live.js";
 
 addStrings(
   {
@@ -167,8 +167,7 @@ function renderAll() {
   document.title = `${s.title} · Tribune`;
   $("kind").textContent = t(`kind.${s.kind}`);
   $("state").textContent = t(`state.${s.state}`);
-  $("conn").textContent = t(`conn.${page.live.status === "refused" ? "reconnecting" : page.live.status}`);
-  $("presence").textContent = t("presence", { n: page.live.presence });
+  page.drawConnection();
   renderQueue();
   renderPublished();
 }
@@ -185,13 +184,8 @@ async function main() {
   }
   const live = new Live(token, page.session.id);
   page.live = live;
+  page.drawConnection = showConnection(live);
   renderAll();
-  live.addEventListener("status", (e) => {
-    $("conn").dataset.state = e.detail.status;
-    $("conn").textContent = e.detail.status === "refused"
-      ? t("conn.refused", { message: e.detail.message }) : t(`conn.${e.detail.status}`);
-  });
-  live.addEventListener("presence", () => { $("presence").textContent = t("presence", { n: live.presence }); });
   live.addEventListener("queue", renderQueue);
   live.addEventListener("reset", renderPublished);
   live.addEventListener("event", (e) => {

@@ -3,7 +3,7 @@
 // the pinned comments. Open it with a staff token: it takes part in nothing.
 import { $, api, h, t, say, errorText, setupPage, signIn, sessionId } from "./common.js";
 import { addStrings } from "./i18n.js";
-import { Live } from "./live.js";
+import { Live, showConnection } from "./live.js";
 import { resultsView } from "./polls.js";
 
 addStrings(
@@ -18,7 +18,7 @@ function render() {
   $("title").textContent = s.title;
   document.title = `${s.title} · Tribune`;
   $("kind").textContent = t(`kind.${s.kind}`);
-  $("presence").textContent = page.live ? t("presence", { n: page.live.presence }) : "";
+  if (page.drawConnection) page.drawConnection();
   const r = page.results;
   $("results-h").textContent = r ? t("proj.results", { title: r.title }) : t("results.title");
   $("results").replaceChildren(r ? resultsView(r) : h("p", { class: "hint" }, t("results.none")));
@@ -40,12 +40,8 @@ async function main() {
   }
   const live = new Live(token, page.session.id);
   page.live = live;
+  page.drawConnection = showConnection(live);
   render();
-  live.addEventListener("status", (e) => {
-    $("conn").dataset.state = e.detail.status;
-    $("conn").textContent = e.detail.status === "live" ? "" : t(`conn.${e.detail.status === "refused" ? "reconnecting" : e.detail.status}`);
-  });
-  live.addEventListener("presence", render);
   live.addEventListener("reset", render);
   live.addEventListener("event", (e) => {
     if (e.detail.type === "poll.results") page.results = e.detail.data.results;

@@ -35,6 +35,25 @@ function ended(pc, onEnd) {
   });
 }
 
+// Sends the offer of `pc` to `url`; the session to stop (DELETE on its Location).
+async function open(pc, url, token, onEnd) {
+  ended(pc, onEnd);
+  let location;
+  try {
+    location = await exchange(pc, url, token);
+  } catch (err) {
+    pc.close();
+    throw err;
+  }
+  return {
+    pc,
+    async stop() {
+      pc.close();
+      await fetch(location, { method: "DELETE", headers: { Authorization: `Bearer ${token}` } }).catch(() => {});
+    },
+  };
+}
+
 // Plays `feed` in `video`; resolves once the offer is answered. `onEnd` is called when the
 // connection fails (the page then retries or shows why).
 export async function watch(feed, token, video, onEnd) {
@@ -51,42 +70,14 @@ export async function watch(feed, token, video, onEnd) {
     video.srcObject = stream;
     video.play().catch(() => {});
   });
-  ended(pc, onEnd);
-  let location;
-  try {
-    location = await exchange(pc, `/whep/${encodeURIComponent(feed)}`, token);
-  } catch (err) {
-    pc.close();
-    throw err;
-  }
-  return {
-    pc,
-    async stop() {
-      pc.close();
-      await fetch(location, { method: "DELETE", headers: { Authorization: `Bearer ${token}` } }).catch(() => {});
-    },
-  };
+  return open(pc, `/whep/${encodeURIComponent(feed)}`, token, onEnd);
 }
 
 // Publishes the tracks of `stream` to `feed` with the host's token.
 export async function publish(feed, token, stream, onEnd) {
   const pc = new RTCPeerConnection();
   for (const track of stream.getTracks()) pc.addTransceiver(track, { direction: "sendonly", streams: [stream] });
-  ended(pc, onEnd);
-  let location;
-  try {
-    location = await exchange(pc, `/whip/${encodeURIComponent(feed)}`, token);
-  } catch (err) {
-    pc.close();
-    throw err;
-  }
-  return {
-    pc,
-    async stop() {
-      pc.close();
-      await fetch(location, { method: "DELETE", headers: { Authorization: `Bearer ${token}` } }).catch(() => {});
-    },
-  };
+  return open(pc, `/whip/${encodeURIComponent(feed)}`, token, onEnd);
 }
 
 // Bits per second sent (kind "outbound-rtp") or received ("inbound-rtp") since the last call.

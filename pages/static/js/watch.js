@@ -3,7 +3,7 @@ import {
   $, api, h, t, say, errorText, fmtDateTime, fmtTime, key, setupPage, signIn, sessionId,
 } from "./common.js";
 import { addStrings } from "./i18n.js";
-import { Live } from "./live.js";
+import { Live, showConnection } from "./live.js";
 import { resultsView, voteCard } from "./polls.js";
 import { watch } from "./video.js";
 
@@ -168,16 +168,9 @@ function renderCounter() {
   $("comment-send").disabled = left < 0 || page.cooldown > Date.now();
 }
 
-function renderConn(status, message) {
-  const el = $("conn");
-  el.dataset.state = status;
-  el.textContent = status === "refused" ? t("conn.refused", { message }) : t(`conn.${status}`);
-}
-
 function renderAll() {
   renderHead();
-  renderConn(page.live.status);
-  $("presence").textContent = t("presence", { n: page.live.presence });
+  page.drawConnection();
   renderComments();
   renderPolls();
   renderCounter();
@@ -324,13 +317,12 @@ async function main() {
   }
   const live = new Live(page.token, page.session.id);
   page.live = live;
+  page.drawConnection = showConnection(live);
   renderAll();
-  live.addEventListener("status", (e) => renderConn(e.detail.status, e.detail.message));
   live.addEventListener("hello", (e) => {
     page.maxChars = e.detail.limits?.comment_max_chars ?? page.maxChars;
     renderCounter();
   });
-  live.addEventListener("presence", () => { $("presence").textContent = t("presence", { n: live.presence }); });
   live.addEventListener("reset", () => { renderComments(); renderPolls(); });
   live.addEventListener("event", (e) => {
     const ev = e.detail;
