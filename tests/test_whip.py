@@ -14,6 +14,7 @@ from config.auth import Role
 from config.settings import Settings
 from streaming.api import STREAMING
 from streaming.clients import WhepViewer, WhipError, WhipPublisher
+from streaming.relay import ViewerTrack
 from streaming.testsrc import PatternVideo, Tone
 from tests.live import Viewer
 from tests.test_polls import live_session
@@ -76,7 +77,8 @@ async def test_one_encoder_three_viewers(client: Any, auth: Any, db: Any) -> Non
             await until(lambda: late.decoded >= 15)
             assert all(v.first_keyframe for v in viewers)  # everyone starts at a keyframe
             assert broadcast.video.context is not None  # one encoder for the feed
-            assert len(broadcast.sinks) == 6  # each viewer's audio and video, fed by it
+            tracks = [s for s in broadcast.sinks if isinstance(s, ViewerTrack)]
+            assert len(tracks) == 6  # each viewer's audio and video, fed by it (and the HLS segmenter)
 
             # A storm of PLIs: the encoder makes at most one keyframe per debounce window.
             await asyncio.sleep(1.0)
@@ -304,7 +306,8 @@ async def test_300_viewer_cycles_leave_nothing_behind(client: Any, auth: Any, db
         await viewer.stop(http if n % 2 else None)
 
     async def settle() -> None:
-        await until(lambda: not hub.viewers and len(hub.ingests["main"].broadcast.sinks) == 0)
+        ingest = hub.ingests["main"]
+        await until(lambda: not hub.viewers and ingest.broadcast.sinks == {ingest.segmenter})
         await asyncio.sleep(1.0)
 
     async with aiohttp.ClientSession() as http:
