@@ -180,6 +180,7 @@ async def test_hostile_upstreams_are_refused_before_connecting(
     assert r.status == 403  # only admins set upstream URLs
 
     policy = upstream.Policy.parse(("127.0.0.1", "court.example"))
+
     async def private(host: str, port: int) -> list[str]:
         return ["10.0.0.5"]
 
