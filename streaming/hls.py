@@ -573,6 +573,16 @@ class SegmentBus:
                 del self._watches[feed_id]
             watch.changed.set()
 
+    async def close(self) -> None:
+        """Stops the polls of waiting requests (the node is stopping)."""
+        pollers = [w.poller for w in self._watches.values() if w.poller is not None]
+        for poller in pollers:
+            poller.cancel()
+        for poller in pollers:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await poller
+        self._watches.clear()
+
     async def media(self, feed_id: str, name: str) -> bytes | None:
         """A segment (`seg:N`) or part (`part:N.I`), from the node's cache or Redis."""
         key = (feed_id, name)

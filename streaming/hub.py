@@ -143,6 +143,8 @@ class Streaming:
             await self.end_ingest(ingest, "node_stopped")
         for run in tuple(self.relays.values()):
             await self.stop_relay(run, "node_stopped")
+        if self.bus is not None:
+            await self.bus.close()
         for task in tuple(self._tasks):
             task.cancel()
         for task in (*self._loops, *self._tasks):
