@@ -420,33 +420,40 @@ class Streaming:
                 await self.close_viewer(ingest)
 
     async def end_ingest(self, ingest: Ingest, reason: str) -> None:
+        """Stops the feed here: peers, viewers, its HLS output (the last segment, the end of
+        the playlist and the recording), its registration and the ledger. The ingest stays
+        listed (refusing viewers) until all of that is done."""
         if ingest.ended:
             return
         ingest.ended = True
         ingest.settled.set()
-        if self.ingests.get(ingest.feed_id) is ingest:
-            del self.ingests[ingest.feed_id]
-            self.metrics.feeds_live.set(len(self.ingests))
-        await ingest.broadcast.stop()
-        await self._finish_packaging(ingest)
-        await ingest.pc.close()
-        for viewer in [v for v in self.viewers.values() if v.feed_id == ingest.feed_id]:
-            await self.close_viewer(viewer)
         try:
-            await self.redis.eval(_RELEASE, 1, self._key(ingest.feed_id), ingest.claim)
-            if ingest.live and (
-                ended := await ledger.mark_ended(self.pool, ingest.feed_id, self.node, reason)
-            ):
-                await self.committed(*ended)
-        except Exception as exc:  # the sweeper ends it once the lease lapses
-            log.warning("feed %s: could not record its end now (%r); the sweeper will", ingest.feed_id, exc)
+            await ingest.broadcast.stop()
+            await ingest.pc.close()
+            for viewer in [v for v in self.viewers.values() if v.feed_id == ingest.feed_id]:
+                await self.close_viewer(viewer)
+            await self._finish_packaging(ingest)
+            try:
+                await self.redis.eval(_RELEASE, 1, self._key(ingest.feed_id), ingest.claim)
+                if ingest.live and (
+                    ended := await ledger.mark_ended(self.pool, ingest.feed_id, self.node, reason)
+                ):
+                    await self.committed(*ended)
+            except Exception as exc:  # the sweeper ends it once the lease lapses
+                log.warning(
+                    "feed %s: could not record its end now (%r); the sweeper will", ingest.feed_id, exc
+                )
+        finally:
+            if self.ingests.get(ingest.feed_id) is ingest:
+                del self.ingests[ingest.feed_id]
+                self.metrics.feeds_live.set(len(self.ingests))
         log.info("feed %s ended: %s", ingest.feed_id, reason)
 
     async def _renew_loop(self) -> None:
         while True:
             await asyncio.sleep(self.settings.feed_lease / 3)
             for ingest in tuple(self.ingests.values()):
-                if await self._renew(ingest.feed_id, ingest.claim) is False:
+                if not ingest.ended and await self._renew(ingest.feed_id, ingest.claim) is False:
                     await self.end_ingest(ingest, "registration_lost")
             for run in tuple(self.relays.values()):
                 if await self._renew(run.feed_id, run.claim) is False:

@@ -159,8 +159,8 @@ async def test_security_headers_and_session_page(client, auth) -> None:  # type:
     assert page.status == 200
     assert "script-src 'self'" in page.headers["Content-Security-Policy"]
     assert page.headers["X-Content-Type-Options"] == "nosniff"
-    assert "/static/session.js" in await page.text()
-    script = await client.get("/static/session.js")
+    assert "/static/js/watch.js" in await page.text()
+    script = await client.get("/static/js/watch.js")
     assert script.status == 200 and "textContent" in await script.text()
     api = await client.get("/api/sessions", headers=auth.admin)
     assert api.headers["Cache-Control"] == "no-store"
