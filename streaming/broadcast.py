@@ -33,6 +33,7 @@ log = logging.getLogger("tribune.streaming")
 VIDEO_CLOCK = 90_000
 AUDIO_CLOCK = 48_000
 OPUS_FRAME = 960  # 20 ms at 48 kHz
+NOMINAL_FPS = 30  # the frame rate the encoder's rate control assumes
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +67,9 @@ class VideoEncoder:
         context.width, context.height = width, height
         context.pix_fmt = "yuv420p"
         context.time_base = Fraction(1, VIDEO_CLOCK)
+        # x264's rate control budgets bits per frame from the frame rate; without it, it takes
+        # the 90 kHz time base for one and starves every frame (23-byte P-frames).
+        context.framerate = Fraction(NOMINAL_FPS, 1)
         context.bit_rate = self.bitrate
         context.gop_size = 100_000  # keyframes come when we ask for them
         context.options = {

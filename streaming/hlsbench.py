@@ -8,21 +8,27 @@ any CPU at nice 10.
 
 A *miss* is a segment request answered 404, or completed later than one segment duration
 after the playlist first listed it to that player (the player would stall). `ttfb_ms` is
-the time to the first byte of segment responses. `availability_ms` is how long after its
-first frame was captured (its `EXT-X-PROGRAM-DATE-TIME`) a player held a segment;
-`live_latency_s` adds the player's hold-back behind the live edge — two segments for the
-viewer page's hls.js (three for a default player), three parts for LL-HLS — the delay a
-viewer sees, by the playlist's clock rather than by reading the picture. A few LL-HLS players
-(one per 20, at most 20) run beside the HLS ones: blocking reloads, each new part fetched.
+the time to the first byte of segment responses. Live latency is read off the picture: the
+test pattern burns its wall clock into every frame, and one player in 100 (and every LL-HLS
+player, on each segment's first part) decodes the first picture of what it fetched and
+compares that clock with its own (`picture_age_ms`). A player shows that picture after its
+hold-back behind the live edge — two segments for the viewer page's hls.js
+(`liveSyncDurationCount: 2`), three for a default player, three parts (`PART-HOLD-BACK`) for
+LL-HLS — so `live_latency_s` is the age plus the rest of the hold-back. The same figures by
+the playlist's `EXT-X-PROGRAM-DATE-TIME` (stamped on the ingest node, so without the WHIP
+leg) are under `by_playlist_clock`. A few LL-HLS players (one per 20, at most 20) run beside
+the HLS ones: blocking reloads, each new part fetched.
 """
 
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import secrets
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import av
 
 from config.auth import Role, mint_token
 from config.services import EmbeddedServices
@@ -46,6 +53,7 @@ from interaction.bench import (
     wait_http,
 )
 from streaming.bench import FEED, _start_publisher, _wait_until, create_feed
+from streaming.testsrc import picture_clock
 
 PER_GENERATOR = 2500  # players per generator process (one event loop each)
 
@@ -64,8 +72,10 @@ class Players:
         self.errors = 0
         self.bytes = 0
         self.ttfb: list[float] = []
-        self.availability: list[float] = []
+        self.availability: list[float] = []  # by the playlist's clock
         self.part_availability: list[float] = []
+        self.picture_age: list[float] = []  # by the clock in the picture
+        self.part_picture_age: list[float] = []
         self.target = 2.0
         self.part_target = 0.5
 
@@ -83,8 +93,30 @@ def _parse(text: str) -> list[tuple[str, float, datetime | None]]:
     return out
 
 
+def _picture_age(segment: bytes, frames: int = 15, fps: int = 30) -> float | None:
+    """How old the segment's first picture is now, by the clock the test pattern burnt into
+    it (the publisher's wall clock when the frame was made). Read off its first `frames`
+    pictures, each put back by its place in the segment, and the median taken: compression
+    can blur a digit in one picture, rarely the same in most."""
+    starts = []
+    try:
+        with av.open(io.BytesIO(segment), "r") as container:
+            for n, frame in enumerate(container.decode(video=0)):
+                if n >= frames:
+                    break
+                if (shown := picture_clock(frame)) is not None:
+                    starts.append(shown - n / fps)
+    except av.FFmpegError:
+        return None
+    if len(starts) < 3:
+        return None
+    now = datetime.now()
+    age = now.hour * 3600 + now.minute * 60 + now.second + now.microsecond / 1e6 - statistics.median(starts)
+    return age if -1 < age < 60 else None  # not across midnight
+
+
 async def _player(
-    http: aiohttp.ClientSession, base: str, stats: Players, until: float, offset: float
+    http: aiohttp.ClientSession, base: str, stats: Players, until: float, offset: float, sample: bool
 ) -> None:
     await asyncio.sleep(offset)  # players arrive spread over the first seconds
     seen: set[str] = set()
@@ -118,6 +150,8 @@ async def _player(
                     stats.bytes += len(body)
                     if at is not None and r.status == 200:
                         stats.availability.append(time.time() - at.timestamp())
+                    if sample and r.status == 200 and (age := _picture_age(body)) is not None:
+                        stats.picture_age.append(age)
             except aiohttp.ClientError:
                 stats.errors += 1
                 stats.misses += 1
@@ -183,6 +217,8 @@ async def _ll_player(http: aiohttp.ClientSession, base: str, stats: Players, unt
                     stats.bytes += len(body)
                 start = last_at.timestamp() + last_duration + sum(d for _, d in parts[:-1])
                 stats.part_availability.append(time.time() - start)
+                if index == 1 and r.status == 200 and (age := _picture_age(body)) is not None:
+                    stats.part_picture_age.append(age)  # the segment's first part: a keyframe
                 stats.part_target = max(stats.part_target, duration)
             except aiohttp.ClientError:
                 stats.errors += 1
@@ -203,7 +239,14 @@ async def _generate(
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
         await asyncio.gather(
             *(
-                _player(http, urls[(first + n) % nodes], stats, start + ramp + seconds, ramp * n / players)
+                _player(
+                    http,
+                    urls[(first + n) % nodes],
+                    stats,
+                    start + ramp + seconds,
+                    ramp * n / players,
+                    n % 100 == 0,
+                )
                 for n in range(players)
             ),
             *(_ll_player(http, urls[n % nodes], ll_stats, start + ramp + seconds) for n in range(ll_players)),
@@ -219,6 +262,11 @@ def _generator_main() -> None:
         _generate(urls.split(","), int(players), int(ll_players), float(seconds), int(first))
     )
     print(json.dumps(result))
+
+
+def _latency(age_ms: dict[str, float | None], hold_back: float) -> float | None:
+    p50 = age_ms.get("p50")
+    return round(p50 / 1000 + hold_back, 2) if p50 is not None else None
 
 
 async def bench_hls(
@@ -291,7 +339,6 @@ async def bench_hls(
         elapsed = time.monotonic() - start
         server_cpu = cpu_seconds(pids) - cpu_before
         availability = percentiles(stats.availability)  # in ms
-        p50 = availability.get("p50")
         return {
             "viewers": viewers,
             "nodes": nodes,
@@ -310,14 +357,21 @@ async def bench_hls(
                 "misses": ll_stats.misses,
                 "ttfb_ms": percentiles(ll_stats.ttfb),
                 "part_availability_ms": (part := percentiles(ll_stats.part_availability)),
+                "part_picture_age_ms": (part_picture := percentiles(ll_stats.part_picture_age)),
             },
+            "picture_age_ms": (picture := percentiles(stats.picture_age)),
             "live_latency_s": {
-                # hls.js with the viewer page's liveSyncDurationCount 2 plays two segments behind
-                # the edge: latency = availability + one target duration (three behind: + two).
-                "hls": round(p50 / 1000 + stats.target, 2) if p50 is not None else None,
-                "hls_3_segments": round(p50 / 1000 + 2 * stats.target, 2) if p50 is not None else None,
-                # PART-HOLD-BACK is three part targets: availability + two part targets.
-                "ll_hls": round(part["p50"] / 1000 + 2 * ll_stats.part_target, 2) if part["p50"] else None,
+                # The clock in the picture against the wall clock, for a player holding back
+                # what it does: hls.js on the viewer page plays two segments behind the edge
+                # (the newest segment's first picture + one target duration), a default
+                # player three; LL-HLS three parts (PART-HOLD-BACK).
+                "hls": _latency(picture, stats.target),
+                "hls_3_segments": _latency(picture, 2 * stats.target),
+                "ll_hls": _latency(part_picture, 2 * ll_stats.part_target),
+                "by_playlist_clock": {
+                    "hls": _latency(availability, stats.target),
+                    "ll_hls": _latency(part, 2 * ll_stats.part_target),
+                },
             },
             "target_duration_s": stats.target,
         }

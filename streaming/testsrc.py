@@ -16,6 +16,8 @@ from aiortc.mediastreams import MediaStreamTrack
 from streaming.broadcast import AUDIO_CLOCK, OPUS_FRAME, VIDEO_CLOCK
 from streaming.clients import WhipPublisher
 
+CLOCK_CELL = 10  # pixels per glyph cell: large enough to read back after compression
+
 # 3×5 bitmaps of the clock's characters, one string of 15 cells each.
 _GLYPHS = {
     "0": "111101101101111",
@@ -57,6 +59,53 @@ def draw_text(frame: av.VideoFrame, text: str, *, x: int = 8, y: int = 8, cell: 
     plane.update(bytes(buf))
 
 
+def read_digits(
+    frame: av.VideoFrame, positions: tuple[int, ...], *, x: int = 8, y: int = 8, cell: int = 6
+) -> str | None:
+    """Reads back the digits `draw_text` burnt in at `positions` (after encoding and
+    decoding). Compression blurs small glyphs, so no cell is judged alone: each digit's
+    3×5 pattern is matched against the luma at the cells' centres (bright where the digit
+    has a cell, dark elsewhere), and the best digit must beat the next by a clear margin.
+    None where a position cannot be read surely."""
+    plane = frame.planes[0]
+    stride, luma = plane.line_size, bytes(plane)
+    digits = [(char, bits) for char, bits in _GLYPHS.items() if char.isdigit()]
+    out = []
+    for i in positions:
+        values = []
+        for n in range(15):
+            left = x + cell + (i * 4 + n % 3) * cell + cell // 2
+            top = y + cell + (n // 3) * cell + cell // 2
+            if left >= frame.width or top >= frame.height:
+                return None
+            values.append(luma[top * stride + left])
+        contrast = max(values) - min(values)
+        middle = (max(values) + min(values)) / 2
+        if contrast < 60:
+            return None  # no glyph here (or washed out)
+        scores = sorted(
+            (sum((v - middle) * (1 if b == "1" else -1) for v, b in zip(values, bits, strict=True)), char)
+            for char, bits in digits
+        )
+        (second, _), (best, char) = scores[-2], scores[-1]
+        if best - second < 0.25 * contrast:  # the cells that tell them apart are not clear
+            return None
+        out.append(char)
+    return "".join(out)
+
+
+def picture_clock(frame: av.VideoFrame) -> float | None:
+    """The wall clock `PatternVideo` burnt into a frame (HH:MM:SS.t), as seconds since local
+    midnight; None when it cannot be read."""
+    text = read_digits(frame, (0, 1, 3, 4, 6, 7, 9), cell=CLOCK_CELL)
+    if text is None:
+        return None
+    hours, minutes, seconds = int(text[0:2]), int(text[2:4]), int(text[4:6]) + int(text[6]) / 10
+    if hours > 23 or minutes > 59 or seconds >= 60:
+        return None
+    return hours * 3600 + minutes * 60 + seconds
+
+
 class PatternVideo(MediaStreamTrack):
     kind = "video"
 
@@ -75,7 +124,7 @@ class PatternVideo(MediaStreamTrack):
         if wait > 0:
             await asyncio.sleep(wait)
         frame = next(self._frames)
-        draw_text(frame, datetime.now().strftime("%H:%M:%S.%f")[:10])
+        draw_text(frame, datetime.now().strftime("%H:%M:%S.%f")[:10], cell=CLOCK_CELL)
         frame.pts = self.sent * VIDEO_CLOCK // self.fps
         frame.time_base = Fraction(1, VIDEO_CLOCK)
         self.sent += 1

@@ -1,0 +1,41 @@
+"""The one encoder of a feed: it spends the bitrate it is given on every frame, and the test
+pattern's burnt-in clock survives it (the HLS benchmark reads latency off the picture)."""
+
+from __future__ import annotations
+
+import io
+from fractions import Fraction
+
+import av
+
+from streaming.broadcast import NOMINAL_FPS, VIDEO_CLOCK, VideoEncoder
+from streaming.hls import mux_ts
+from streaming.testsrc import CLOCK_CELL, draw_text, picture_clock
+
+
+def test_the_encoder_spends_its_bitrate_and_the_clock_survives_it() -> None:
+    source = av.open(f"testsrc2=size=640x360:rate={NOMINAL_FPS}", format="lavfi")
+    frames = source.decode(video=0)
+    encoder = VideoEncoder(bitrate=1_000_000, max_height=720)
+    packets = []
+    for n in range(60):
+        frame = next(frames)
+        draw_text(frame, f"10:20:{30 + n // 30:02d}.{(n % 30) // 3}", cell=CLOCK_CELL)
+        frame.pts, frame.time_base = n * VIDEO_CLOCK // NOMINAL_FPS, Fraction(1, VIDEO_CLOCK)
+        packets += [unit.packet for unit in encoder.encode(frame, n == 0)]
+    source.close()
+    # Two seconds at 1 Mbit/s: about 250 KB, not a keyframe and 23-byte skips.
+    total = sum(p.size for p in packets)
+    assert 150_000 < total < 400_000, total
+    assert min(p.size for p in packets[1:]) > 500
+    copies = []
+    for p in packets:
+        copy = av.Packet(bytes(p))
+        copy.pts = copy.dts = p.pts
+        copy.time_base = Fraction(1, VIDEO_CLOCK)
+        copy.is_keyframe = bool(p.is_keyframe)
+        copies.append(copy)
+    with av.open(io.BytesIO(mux_ts(copies, [], (640, 360), None)), "r") as container:
+        read = [picture_clock(f) for f in container.decode(video=0)]
+    expected = [10 * 3600 + 20 * 60 + 30 + n // 30 + ((n % 30) // 3) / 10 for n in range(60)]
+    assert sum(r == e for r, e in zip(read, expected, strict=True)) >= 55, read
