@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import resource
 import secrets
@@ -119,6 +120,22 @@ def start_nodes(
         procs.append(spawn_server(command, node_env, root / f"{log_prefix}node-{k}.log"))
         urls.append(f"http://127.0.0.1:{port}")
     return procs, urls
+
+
+async def run_generators(
+    generators: list[asyncio.subprocess.Process], go: str, timeout: float
+) -> list[dict[str, Any]]:
+    """Starts every (already connected) load generator with `go <go>` on its stdin and
+    collects the one JSON line each prints when it is done."""
+    for gen in generators:
+        assert gen.stdin is not None
+        gen.stdin.write(f"go {go}\n".encode())
+        await gen.stdin.drain()
+    outs = []
+    for gen in generators:
+        assert gen.stdout is not None
+        outs.append(json.loads(await asyncio.wait_for(gen.stdout.readline(), timeout)))
+    return outs
 
 
 def stop_servers(procs: list[subprocess.Popen[bytes]], seconds: float = 30) -> None:

@@ -28,7 +28,14 @@ import asyncpg
 import psutil
 
 from config.services import EmbeddedServices
-from interaction.bench import percentiles, raise_fd_limit, start_nodes, stop_servers, wait_http
+from interaction.bench import (
+    percentiles,
+    raise_fd_limit,
+    run_generators,
+    start_nodes,
+    stop_servers,
+    wait_http,
+)
 from recorder.migrate import migrate
 
 SESSION = "bench-votes"
@@ -185,14 +192,7 @@ async def run_system(
         await asyncio.sleep(1.0)  # let the connection work settle before measuring
         node0, svc0 = _node_cpu(pids), _service_cpu(root / "services")
         start = time.time() + 0.5
-        for gen in generators:
-            assert gen.stdin is not None
-            gen.stdin.write(f"go {start}\n".encode())
-            await gen.stdin.drain()
-        outs = []
-        for gen in generators:
-            assert gen.stdout is not None
-            outs.append(json.loads(await asyncio.wait_for(gen.stdout.readline(), 1800)))
+        outs = await run_generators(generators, str(start), 1800)
         node_cpu, svc_cpu = _node_cpu(pids) - node0, _service_cpu(root / "services") - svc0
         conn = await asyncpg.connect(database_url)
         in_db = int(await conn.fetchval("SELECT count(*) FROM ballots WHERE poll_id = $1", poll))

@@ -79,10 +79,9 @@ async def _offer(request: web.Request, *, want_video: bool) -> tuple[str, set[st
     return rtc.read_offer(body, request.content_type, want_video=want_video)
 
 
-async def _publisher(request: web.Request, feed_id: str) -> asyncpg.Record:
-    """The feed, if the bearer may publish it: its stream key (OBS, an encoder), or the token
-    of a host or admin who may attend the feed's session (the host page in a browser)."""
-    credential = _bearer(request, "stream key")
+async def _publisher(request: web.Request, feed_id: str, credential: str) -> asyncpg.Record:
+    """The feed, if `credential` may publish it: its stream key (OBS, an encoder), or the
+    token of a host or admin who may attend the feed's session (the host page in a browser)."""
     pool = request.app[keys.DB]
     if "." not in credential:  # stream keys are `tsk_` and URL-safe base64; tokens are JWTs
         return await ledger.authorize(pool, feed_id, credential)
@@ -100,16 +99,16 @@ async def _publisher(request: web.Request, feed_id: str) -> asyncpg.Record:
 
 async def whip_publish(request: web.Request) -> web.StreamResponse:
     feed_id = ledger.check_id(request.match_info["feed"])
-    _bearer(request, "stream key")
+    credential = _bearer(request, "stream key")  # before the body: a missing one fails fast
     offer, _ = await _offer(request, want_video=False)
-    feed = await _publisher(request, feed_id)
+    feed = await _publisher(request, feed_id, credential)
     ingest, answer = await request.app[STREAMING].publish(feed, offer)
     return _answer(request, "whip", feed_id, ingest.resource, answer)
 
 
 async def whip_end(request: web.Request) -> web.StreamResponse:
     feed_id = ledger.check_id(request.match_info["feed"])
-    await _publisher(request, feed_id)
+    await _publisher(request, feed_id, _bearer(request, "stream key"))
     hub = request.app[STREAMING]
     ingest = hub.ingests.get(feed_id)
     if ingest is None or ingest.resource != request.match_info["resource"]:
@@ -195,11 +194,8 @@ async def get_feed(request: web.Request) -> web.Response:
     feed_id = ledger.check_id(request.match_info["feed"])
     _, row = await _viewer(request, feed_id, whep=False)
     public = await _is_public(request, feed_id)
-    ttl = request.app[keys.SETTINGS].hls_url_ttl
-    key = request.app[HLS_KEY]
     urls = {
-        kind: path if public else hls.sign(key, feed_id, path, ttl)
-        for kind, path in (("hls", f"/hls/{feed_id}/index.m3u8"), ("vod", f"/vod/{feed_id}/index.m3u8"))
+        kind: _media_url(request, feed_id, f"/{kind}/{feed_id}/index.m3u8", public) for kind in ("hls", "vod")
     }
     return json_response({"feed": ledger.view(row), "whep": f"/whep/{feed_id}", **urls})
 
@@ -242,14 +238,15 @@ async def _hls_access(request: web.Request, feed_id: str) -> bool:
     return False
 
 
+def _media_url(request: web.Request, feed_id: str, path: str, public: bool) -> str:
+    """`path` as a viewer requests it: as is for a public session, else signed."""
+    if public:
+        return path
+    return hls.sign(request.app[HLS_KEY], feed_id, path, request.app[keys.SETTINGS].hls_url_ttl)
+
+
 def _segment_uri(request: web.Request, feed_id: str, kind: str, public: bool) -> Callable[[int], str]:
-    key, ttl = request.app[HLS_KEY], request.app[keys.SETTINGS].hls_url_ttl
-
-    def uri(seq: int) -> str:
-        path = f"/{kind}/{feed_id}/{seq}.ts"
-        return path if public else hls.sign(key, feed_id, path, ttl)
-
-    return uri
+    return lambda seq: _media_url(request, feed_id, f"/{kind}/{feed_id}/{seq}.ts", public)
 
 
 PLAYLIST = "application/vnd.apple.mpegurl"
@@ -291,11 +288,9 @@ async def hls_playlist(request: web.Request) -> web.Response:
         raise NotFound(
             f"feed {feed_id!r} has no live HLS now; it starts a few seconds after the feed goes live"
         )
-    key, ttl = request.app[HLS_KEY], request.app[keys.SETTINGS].hls_url_ttl
 
     def part_uri(seq: int, i: int) -> str:
-        path = f"/hls/{feed_id}/{seq}.{i}.ts"
-        return path if public else hls.sign(key, feed_id, path, ttl)
+        return _media_url(request, feed_id, f"/hls/{feed_id}/{seq}.{i}.ts", public)
 
     text = hls.playlist(index, _segment_uri(request, feed_id, "hls", public), part_uri=part_uri)
     return _media(text, PLAYLIST, "public, max-age=1" if public else "private, max-age=1")

@@ -35,6 +35,7 @@ from interaction.bench import (
     CLIENT_CPUS,
     cpu_seconds,
     pin_to,
+    run_generators,
     spawn_server,
     start_nodes,
     stop_servers,
@@ -134,14 +135,7 @@ async def _watch(
         connected += int(line[1])
     await asyncio.sleep(2.0)  # let the last joiners reach their first keyframe
     cpu_before, started, sent_before = cpu_seconds([pid]), time.monotonic(), await sent()
-    for gen in generators:
-        assert gen.stdin is not None
-        gen.stdin.write(f"go {seconds}\n".encode())
-        await gen.stdin.drain()
-    outs = []
-    for gen in generators:
-        assert gen.stdout is not None
-        outs.append(json.loads(await asyncio.wait_for(gen.stdout.readline(), 600)))
+    outs = await run_generators(generators, str(seconds), 600)
     cpu, took = cpu_seconds([pid]) - cpu_before, time.monotonic() - started
     frames_sent = await sent() - sent_before
     rss = _rss_mb(pid)

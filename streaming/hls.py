@@ -469,6 +469,7 @@ class SegmentBus:
         self._index_cache: dict[str, tuple[float, dict[str, Any] | None]] = {}
         self._media: OrderedDict[tuple[str, str], bytes] = OrderedDict()
         self._watches: dict[str, _Watch] = {}
+        self._published: dict[str, dict[str, Any]] = {}  # indexes of the feeds this node writes
         self.cache_limit = 256
 
     def _key(self, feed_id: str, what: str) -> str:
@@ -479,18 +480,21 @@ class SegmentBus:
             pipe.set(self._key(feed_id, name), data, px=self.ttl_ms)
             pipe.set(self._key(feed_id, "index"), json.dumps(index), px=self.ttl_ms)
             await pipe.execute()
+        self._published[feed_id] = index
         self._index_cache[feed_id] = (time.monotonic(), index)
 
-    async def _current(self, feed_id: str, target: float, part_target: float | None) -> dict[str, Any]:
-        index = await self.index(feed_id, fresh=True) or {}
-        if index.get("ended") or "segments" not in index:
-            index = {"target": target, "segments": [], "ended": False, "open": None}
+    def _current(self, feed_id: str, target: float, part_target: float | None) -> dict[str, Any]:
+        """A copy of the index this node publishes for the feed (it is the only writer while
+        it holds the feed), or a new one: a new run starts a new playlist."""
+        index = dict(
+            self._published.get(feed_id) or {"target": target, "segments": [], "ended": False, "open": None}
+        )
         if part_target is not None:
             index["part_target"] = part_target
         return index
 
     async def publish_part(self, part: Part, target: float, part_target: float) -> None:
-        index = await self._current(part.feed_id, target, part_target)
+        index = self._current(part.feed_id, target, part_target)
         open_ = index.get("open")
         if not open_ or open_["seq"] != part.seq:
             open_ = {"seq": part.seq, "parts": []}
@@ -499,7 +503,7 @@ class SegmentBus:
         await self._write(part.feed_id, index, f"part:{part.seq}.{part.index}", part.data)
 
     async def publish(self, segment: Segment, target: float) -> None:
-        index = await self._current(segment.feed_id, target, None)
+        index = self._current(segment.feed_id, target, None)
         entry: dict[str, Any] = {
             "seq": segment.seq,
             "duration": segment.duration,
@@ -514,7 +518,7 @@ class SegmentBus:
         await self._write(segment.feed_id, index, f"seg:{segment.seq}", segment.data)
 
     async def end(self, feed_id: str) -> None:
-        index = await self.index(feed_id, fresh=True)
+        index = self._published.pop(feed_id, None) or await self.index(feed_id, fresh=True)
         if index is not None:
             index["ended"] = True
             index["open"] = None

@@ -211,14 +211,12 @@ class Streaming:
         self._spawn(self._handshake_deadline(ingest), f"whip {feed_id} handshake")
         return ingest, answer
 
-    def _package(self, ingest: Ingest, *, cut: bool) -> None:
-        """HLS for everyone else: segments through the public output (delay, kill switch) to
-        the bus and to the feed's recording."""
-        recording = hls.Recording(self.recordings, ingest.feed_id)
+    def _public_output(self, feed_id: str, *, delay: float, cut: bool) -> tuple[hls.Output, hls.Recording]:
+        """What the public gets of a feed (delay, kill switch): parts and segments to the bus,
+        segments to a new recording. Started."""
+        recording = hls.Recording(self.recordings, feed_id)
         bus = self.bus
-        target = self.settings.hls_segment_seconds
-
-        part_target = self.settings.hls_part_seconds
+        target, part_target = self.settings.hls_segment_seconds, self.settings.hls_part_seconds
 
         async def emit(segment: hls.Segment) -> None:
             await recording.add(segment)
@@ -229,17 +227,24 @@ class Streaming:
             if bus is not None:
                 await bus.publish_part(part, target, part_target)
 
+        output = hls.Output(feed_id, delay=delay, emit=emit, emit_part=emit_part)
+        output.set_cut(cut)
+        output.start()
+        return output, recording
+
+    def _package(self, ingest: Ingest, *, cut: bool) -> None:
+        """HLS for everyone else: the one encoding cut into parts and segments, through the
+        feed's public output."""
+        output, recording = self._public_output(ingest.feed_id, delay=ingest.delay, cut=cut)
+
         def size() -> tuple[int, int]:
             context = ingest.broadcast.video.context
             return (context.width, context.height) if context is not None else (0, 0)
 
-        output = hls.Output(ingest.feed_id, delay=ingest.delay, emit=emit, emit_part=emit_part)
-        output.set_cut(cut)
-        output.start()
         segmenter = hls.Segmenter(
             ingest.feed_id,
-            target=target,
-            part_target=part_target,
+            target=self.settings.hls_segment_seconds,
+            part_target=self.settings.hls_part_seconds,
             size=size,
             on_segment=output.add,
             on_part=output.add_part,
@@ -305,21 +310,9 @@ class Streaming:
         claim = json.dumps({"node": self.node, "url": self.settings.base_url, "resource": "relay"})
         if not await self.redis.set(self._key(feed_id), claim, nx=True, px=self._lease_ms()):
             return  # another node pulls it
-        recording = hls.Recording(self.recordings, feed_id)
-        bus = self.bus
-        target = self.settings.hls_segment_seconds
-
-        async def emit(segment: hls.Segment) -> None:
-            await recording.add(segment)
-            if bus is not None:
-                await bus.publish(segment, target)
-
-        async def no_parts(part: hls.Part) -> None:
-            return None
-
-        output = hls.Output(feed_id, delay=float(row["delay_seconds"]), emit=emit, emit_part=no_parts)
-        output.set_cut(bool(row["cut"]))
-        output.start()
+        output, recording = self._public_output(
+            feed_id, delay=float(row["delay_seconds"]), cut=bool(row["cut"])
+        )
 
         async def on_state(state: str) -> None:
             if state == "live":

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,17 +15,18 @@ from tests.test_node import clean_env
 TRIBUNE = str(Path(sys.executable).with_name("tribune"))
 
 
-@pytest.mark.slow
-def test_bench_comments_small_run() -> None:
+def bench(*args: str) -> dict[str, Any]:
+    """`tribune bench … --json` as a newcomer runs it; its figures."""
     result = subprocess.run(
-        [TRIBUNE, "bench", "comments", "--clients", "60", "--rate", "20", "--duration", "2", "--json"],
-        env=clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
+        [TRIBUNE, "bench", *args, "--json"], env=clean_env(), capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stderr
-    figures = json.loads(result.stdout)
+    return dict(json.loads(result.stdout))
+
+
+@pytest.mark.slow
+def test_bench_comments_small_run() -> None:
+    figures = bench("comments", "--clients", "60", "--rate", "20", "--duration", "2")
     ours, baseline = figures["tribune"], figures["baseline"]
     for run in (ours, baseline):
         assert run["clients"] == run["connected"] == 60
@@ -37,15 +39,7 @@ def test_bench_comments_small_run() -> None:
 
 @pytest.mark.slow
 def test_bench_scoring_small_run() -> None:
-    result = subprocess.run(
-        [TRIBUNE, "bench", "scoring", "--reps", "300", "--sessions", "10", "--json"],
-        env=clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
-    figures = json.loads(result.stdout)
+    figures = bench("scoring", "--reps", "300", "--sessions", "10")
     assert figures["facts"]["attendances"] > 0 and figures["facts"]["comments"] > 0
     assert figures["same_rows_when_rescored"] and figures["points_rows"] > 0
     assert figures["session_report"]["rows"] == 300  # no participant lists: the whole roster is expected
@@ -53,15 +47,7 @@ def test_bench_scoring_small_run() -> None:
 
 @pytest.mark.slow
 def test_bench_votes_small_run() -> None:
-    result = subprocess.run(
-        [TRIBUNE, "bench", "votes", "--voters", "300", "--nodes", "2", "--rate", "300", "--json"],
-        env=clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
-    figures = json.loads(result.stdout)
+    figures = bench("votes", "--voters", "300", "--nodes", "2", "--rate", "300")
     for run in (figures["tribune"], figures["baseline"]):
         assert run["voters"] == run["acked"] == run["in_db"] == 300  # every vote acknowledged and kept …
         assert run["duplicates"] == 0 and run["statuses"] == {"recorded": 300}  # … once
@@ -73,15 +59,7 @@ def test_bench_votes_small_run() -> None:
 @pytest.mark.slow
 @pytest.mark.usefixtures("loopback_only")
 def test_bench_hls_small_run() -> None:
-    result = subprocess.run(
-        [TRIBUNE, "bench", "hls", "--viewers", "20", "--nodes", "2", "--seconds", "8", "--json"],
-        env=clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
-    figures = json.loads(result.stdout)
+    figures = bench("hls", "--viewers", "20", "--nodes", "2", "--seconds", "8")
     assert figures["viewers"] == 20 and figures["nodes"] == 2 and figures["errors"] == 0
     # Every player fetched the segments that came out while it played (about one per 2 s).
     assert figures["segment_requests"] >= 20 * 2

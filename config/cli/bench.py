@@ -11,6 +11,12 @@ from typing import Any
 from config.logs import setup_logging
 
 
+def _stage(stage: str) -> None:
+    """Progress of a benchmark, on a terminal only (stdout is the JSON)."""
+    if sys.stderr.isatty():
+        print(stage, file=sys.stderr, flush=True)
+
+
 def add_parser(sub: Any, name: str) -> None:
     p = sub.add_parser(
         name,
@@ -116,17 +122,13 @@ def _votes(args: argparse.Namespace) -> int:
         print("tribune: --voters and --nodes must be positive, --rate at least 0", file=sys.stderr)
         return 2
 
-    def progress(stage: str) -> None:
-        if sys.stderr.isatty():
-            print(stage, file=sys.stderr, flush=True)
-
     result = asyncio.run(
         bench_votes(
             voters=args.voters,
             nodes=args.nodes,
             rate=args.rate,
             baseline=not args.no_baseline,
-            progress=progress,
+            progress=_stage,
         )
     )
     print(json.dumps(result, indent=2, ensure_ascii=False))
@@ -140,12 +142,8 @@ def _hls(args: argparse.Namespace) -> int:
         print("tribune: --viewers must be 1..20000, --nodes 1..8 and --seconds 5..3600", file=sys.stderr)
         return 2
 
-    def progress(stage: str) -> None:
-        if sys.stderr.isatty():
-            print(stage, file=sys.stderr, flush=True)
-
     result = asyncio.run(
-        bench_hls(viewers=args.viewers, nodes=args.nodes, seconds=args.seconds, progress=progress)
+        bench_hls(viewers=args.viewers, nodes=args.nodes, seconds=args.seconds, progress=_stage)
     )
     print(json.dumps(result, indent=2, ensure_ascii=False))
     return 0
@@ -160,14 +158,8 @@ def _whep(args: argparse.Namespace) -> int:
         return 2
     raise_fd_limit()
 
-    def progress(stage: str) -> None:
-        if sys.stderr.isatty():
-            print(stage, file=sys.stderr, flush=True)
-
     result = asyncio.run(
-        bench_whep(
-            viewers=args.viewers, seconds=args.seconds, baseline=not args.no_baseline, progress=progress
-        )
+        bench_whep(viewers=args.viewers, seconds=args.seconds, baseline=not args.no_baseline, progress=_stage)
     )
     print(json.dumps(result, indent=2, ensure_ascii=False))
     return 0

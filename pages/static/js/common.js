@@ -83,6 +83,19 @@ export const fmtTime = (iso) =>
   iso ? new Date(iso).toLocaleTimeString(lang(), { hour: "2-digit", minute: "2-digit" }) : "";
 export const fmtDateTime = (iso) =>
   iso ? new Date(iso).toLocaleString(lang(), { dateStyle: "medium", timeStyle: "short" }) : "";
+// The session heading the pages share: title (the tab's too), kind, state and time, in
+// whichever of #head, #title, #kind, #state and #when the page has.
+export function showSession(s) {
+  const el = (id) => $(id) || { hidden: false, textContent: "", className: "" };
+  el("head").hidden = false;
+  el("title").textContent = s.title;
+  document.title = `${s.title} · Tribune`;
+  el("kind").textContent = t(`kind.${s.kind}`);
+  el("state").textContent = t(`state.${s.state}`);
+  el("state").className = `badge ${s.state}`;
+  el("when").textContent = `${fmtDateTime(s.scheduled_start)} – ${fmtTime(s.scheduled_end)}`;
+}
+
 export const pct = (x) => (x === null || x === undefined ? "—" : `${(x * 100).toFixed(1)}%`);
 
 export const key = () =>

@@ -1,9 +1,7 @@
 // The host page /host/{session}: publish camera or screen over WHIP, start and end the
 // session, run polls (templates, open / close / publish, live tally, on-site counts, who has
 // not voted, nudge).
-import {
-  $, api, h, t, say, errorText, fmtDateTime, fmtTime, setupPage, signIn, sessionId,
-} from "./common.js";
+import { $, api, h, t, say, errorText, setupPage, signIn, sessionId, showSession } from "./common.js";
 import { addStrings } from "./i18n.js";
 import { Live, showConnection } from "./live.js";
 import { resultsView } from "./polls.js";
@@ -132,13 +130,7 @@ const sid = () => encodeURIComponent(page.session.id);
 
 function renderHead() {
   const s = page.session;
-  $("head").hidden = false;
-  $("title").textContent = s.title;
-  document.title = `${s.title} · Tribune`;
-  $("kind").textContent = t(`kind.${s.kind}`);
-  $("state").textContent = t(`state.${s.state}`);
-  $("state").className = `badge ${s.state}`;
-  $("when").textContent = `${fmtDateTime(s.scheduled_start)} – ${fmtTime(s.scheduled_end)}`;
+  showSession(s);
   $("go-live").disabled = s.state !== "scheduled";
   $("end").disabled = s.state === "ended";
 }

@@ -2,7 +2,7 @@
 // keyboard shortcuts, approve / reject / pin / highlight / answered / adopt with a note,
 // filters, counts and the export.
 import {
-  $, h, t, say, download, errorText, fmtTime, setupPage, signIn, sessionId, api,
+  $, h, t, say, download, errorText, fmtTime, setupPage, signIn, sessionId, api, showSession,
 } from "./common.js";
 import { addStrings } from "./i18n.js";
 import { Live, showConnection } from "./live.js";
@@ -161,12 +161,7 @@ function onKey(ev) {
 }
 
 function renderAll() {
-  const s = page.session;
-  $("head").hidden = false;
-  $("title").textContent = s.title;
-  document.title = `${s.title} · Tribune`;
-  $("kind").textContent = t(`kind.${s.kind}`);
-  $("state").textContent = t(`state.${s.state}`);
+  showSession(page.session);
   page.drawConnection();
   renderQueue();
   renderPublished();

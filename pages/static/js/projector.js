@@ -1,7 +1,7 @@
 // The projector /projector/{session}: the hall's screen. The latest published results as bar
 // charts with 满意率 per unit (online and on-site combined), participation and validity, and
 // the pinned comments. Open it with a staff token: it takes part in nothing.
-import { $, api, h, t, say, errorText, setupPage, signIn, sessionId } from "./common.js";
+import { $, api, h, t, say, errorText, setupPage, signIn, sessionId, showSession } from "./common.js";
 import { addStrings } from "./i18n.js";
 import { Live, showConnection } from "./live.js";
 import { resultsView } from "./polls.js";
@@ -14,10 +14,7 @@ addStrings(
 const page = { session: null, live: null, results: null };
 
 function render() {
-  const s = page.session;
-  $("title").textContent = s.title;
-  document.title = `${s.title} · Tribune`;
-  $("kind").textContent = t(`kind.${s.kind}`);
+  showSession(page.session);
   if (page.drawConnection) page.drawConnection();
   const r = page.results;
   $("results-h").textContent = r ? t("proj.results", { title: r.title }) : t("results.title");

@@ -1,6 +1,6 @@
 // The viewer page /watch/{session}: announcement, video, comments, polls, results, presence.
 import {
-  $, api, h, t, say, errorText, fmtDateTime, fmtTime, key, setupPage, signIn, sessionId,
+  $, api, h, t, say, errorText, fmtTime, key, setupPage, signIn, sessionId, showSession,
 } from "./common.js";
 import { addStrings } from "./i18n.js";
 import { Live, showConnection } from "./live.js";
@@ -102,14 +102,7 @@ const page = {
 function renderHead() {
   const s = page.session;
   if (!s) return;
-  $("head").hidden = false;
-  $("title").textContent = s.title;
-  document.title = `${s.title} · Tribune`;
-  $("kind").textContent = t(`kind.${s.kind}`);
-  const state = $("state");
-  state.textContent = t(`state.${s.state}`);
-  state.className = `badge ${s.state}`;
-  $("when").textContent = `${fmtDateTime(s.scheduled_start)} – ${fmtTime(s.scheduled_end)}`;
+  showSession(s);
   $("tier").textContent = t(`tier.${s.your_tier}`);
   $("announcement").textContent = s.announcement || "";
   $("announcement-box").hidden = !s.announcement;
