@@ -318,7 +318,7 @@ async def hls_segment(request: web.Request) -> web.Response:
     feed_id = ledger.check_id(request.match_info["feed"])
     public = await _hls_access(request, feed_id)
     bus = request.app[STREAMING].bus
-    data = await bus.segment(feed_id, int(request.match_info["seq"])) if bus is not None else None
+    data = await bus.media(feed_id, f"seg:{int(request.match_info['seq'])}") if bus is not None else None
     if data is None:
         raise NotFound("no such segment (segments stay on the bus for hls_ttl seconds)")
     return _media(data, "video/mp2t", f"{'public' if public else 'private'}, max-age=86400, immutable")

@@ -51,7 +51,6 @@ class Segment:
     data: bytes
     first_pts: int = 0  # 90 kHz, where its video starts
     size: tuple[int, int] = (0, 0)
-    slate: bool = False
     parts: tuple[tuple[float, bool], ...] = ()  # (duration, independent) of its parts
     numbered: bool = False  # made of parts already published: its bytes are final
 
@@ -352,8 +351,7 @@ def slate_segment(segment: Segment, fps: int = 10) -> Segment:
         data,
         segment.first_pts,
         (width, height),
-        slate=True,
-    )  # fmt: skip  (no parts: a slate is served whole)
+    )  # no parts: a slate is served whole
 
 
 class Output:
@@ -375,7 +373,6 @@ class Output:
         self.emit_part = emit_part
         self._parts: dict[tuple[int, int], bytes] = {}  # published parts, until their segment
         self.cut = False
-        self.slates = 0
         self._queue: list[tuple[float, Segment]] = []
         self._wake = asyncio.Event()
         self._counters: dict[int, int] = {}  # TS continuity counters, carried across segments
@@ -426,7 +423,6 @@ class Output:
             try:
                 if self.cut:
                     segment = await asyncio.to_thread(slate_segment, segment)
-                    self.slates += 1
                 if not segment.numbered:
                     segment = dataclasses.replace(
                         segment, data=continue_counters(segment.data, self._counters)
@@ -600,9 +596,6 @@ class SegmentBus:
             while len(self._media) > self.cache_limit:
                 self._media.popitem(last=False)
         return data
-
-    async def segment(self, feed_id: str, seq: int) -> bytes | None:
-        return await self.media(feed_id, f"seg:{seq}")
 
 
 # --- playlists ------------------------------------------------------------------------------

@@ -227,7 +227,6 @@ class Relay:
         self.seq = 0
         self.last_upstream: int | None = None
         self.state = "idle"
-        self.error: str | None = None
 
     async def _set(self, state: str) -> None:
         if state != self.state:
@@ -257,12 +256,12 @@ class Relay:
                     self.seq += 1
                     last_new = time.monotonic()
                     await self._set("live")
-                self.error = None
             except asyncio.CancelledError:
                 raise
             except (UpstreamRefused, aiohttp.ClientError, TimeoutError, ValueError, OSError) as exc:
-                self.error = str(exc) or type(exc).__name__
-                log.warning("feed %s: upstream %s: %s", self.feed_id, self.url, self.error)
+                log.warning(
+                    "feed %s: upstream %s: %s", self.feed_id, self.url, str(exc) or type(exc).__name__
+                )
             if time.monotonic() - last_new > 3 * target and self.state == "live":
                 await self._set("stalled")
             await asyncio.sleep(max(0.5, min(target / 2, 3.0)))
