@@ -26,6 +26,7 @@ def test_a_minted_token_identifies_the_caller() -> None:
     assert who.roles == {Role.REPRESENTATIVE, Role.HOST}
 
 
+@pytest.mark.security
 @pytest.mark.parametrize(
     ("make", "message"),
     [
@@ -61,6 +62,7 @@ def test_bad_tokens_are_refused_with_a_reason(make, message: str) -> None:  # ty
         verifier(settings).verify(make(settings))
 
 
+@pytest.mark.security
 def test_rs256_with_the_platforms_public_key(tmp_path: Path) -> None:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     private = tmp_path / "platform.pem"

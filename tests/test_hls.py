@@ -86,6 +86,7 @@ async def publish(client: Any, key: str) -> WhipPublisher:
     return publisher
 
 
+@pytest.mark.security
 @needs_ffmpeg
 async def test_live_hls_any_node_signed_urls_and_the_recording(
     client: Any, other_node: Any, auth: Any, db: Any

@@ -60,6 +60,7 @@ async def viewers(client: TestClient[Any, Any], settings: Settings) -> AsyncIter
         await viewer.close()
 
 
+@pytest.mark.security
 async def test_refusals_say_why(client, auth, db, viewers, settings) -> None:  # type: ignore[no-untyped-def]
     await schedule(client, auth, db)
     cases = [
@@ -179,6 +180,7 @@ async def test_pre_moderation_flow(client, auth, db, viewers) -> None:  # type: 
     assert not any(e["data"].get("text") == "第二条" for e in other.events)
 
 
+@pytest.mark.security
 async def test_who_may_do_what(client, auth, db, viewers) -> None:  # type: ignore[no-untyped-def]
     await schedule(client, auth, db, moderation="pre")
     rep, watcher = viewers("R1"), viewers("R3")  # R3 is listed with the viewer tier
@@ -197,6 +199,7 @@ async def test_who_may_do_what(client, auth, db, viewers) -> None:  # type: igno
     assert audit == 1
 
 
+@pytest.mark.security
 async def test_bad_messages_get_error_acks(client, auth, db, viewers, settings) -> None:  # type: ignore[no-untyped-def]
     await schedule(client, auth, db)
     rep, bystander = viewers("R1"), viewers("R2")
@@ -224,6 +227,7 @@ async def test_bad_messages_get_error_acks(client, auth, db, viewers, settings) 
     await bystander.wait(lambda: len(bystander.events) == 1)
 
 
+@pytest.mark.security
 async def test_oversized_frame_closes_only_that_connection(client, auth, db, viewers) -> None:  # type: ignore[no-untyped-def]
     await schedule(client, auth, db)
     rep, bystander = viewers("R1"), viewers("R2")
@@ -239,6 +243,7 @@ async def test_oversized_frame_closes_only_that_connection(client, auth, db, vie
     await bystander.wait(lambda: len(bystander.events) == 1)
 
 
+@pytest.mark.security
 async def test_flood_is_rate_limited(client, auth, db, viewers, settings) -> None:  # type: ignore[no-untyped-def]
     await schedule(client, auth, db)
     rep = viewers("R1")
@@ -332,6 +337,7 @@ async def test_two_nodes_share_comments_and_presence(client, auth, db, settings,
         await on_b.close()
 
 
+@pytest.mark.security
 async def test_origin_allowlist(client, auth, db, settings) -> None:  # type: ignore[no-untyped-def]
     await schedule(client, auth, db)
     strict = settings.replace(node_id="strict", allowed_origins=("https://tribune.example.org",))
@@ -370,6 +376,7 @@ async def test_comment_export(client, auth, db, viewers) -> None:  # type: ignor
     assert (await client.get(f"/api/sessions/{SESSION}/comments/export", headers=auth("R1"))).status == 403
 
 
+@pytest.mark.security
 async def test_expired_token_is_disconnected(client, auth, db, settings) -> None:  # type: ignore[no-untyped-def]
     await schedule(client, auth, db)
     strict = settings.replace(node_id="expiry", jwt_leeway=0.0, presence_interval=0.2)

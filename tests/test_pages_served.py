@@ -8,7 +8,7 @@ import pytest
 
 from config.pages import SESSION_PAGES
 
-pytestmark = pytest.mark.asyncio(loop_scope="session")
+pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.security]
 
 
 async def test_pages_are_served_under_a_strict_policy(client: Any) -> None:

@@ -269,6 +269,7 @@ async def test_changing_a_vote_where_the_poll_allows_it(client, auth, db, people
     )
 
 
+@pytest.mark.security
 async def test_bad_votes_are_refused_and_nothing_is_recorded(client, auth, db, people) -> None:  # type: ignore[no-untyped-def]
     await live_session(client, auth, db)
     await live_session(client, auth, db, sid="other-1")

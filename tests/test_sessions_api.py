@@ -42,6 +42,7 @@ async def test_admin_schedules_a_session_and_a_representative_sees_it(client, au
     assert [s["id"] for s in (await listed.json())["sessions"]] == ["inq-1"]
 
 
+@pytest.mark.security
 async def test_who_may_see_which_session(client, auth, db) -> None:  # type: ignore[no-untyped-def]
     await add_reps(db, "R1", "R2")
     base = {k: v for k, v in INQUIRY.items() if k != "id"}
@@ -95,6 +96,7 @@ async def test_state_changes_are_events_with_seq(client, auth, db) -> None:  # t
     assert rows[2]["data"] == {"state": "ended"}
 
 
+@pytest.mark.security
 async def test_roles_are_checked_per_endpoint(client, auth, db) -> None:  # type: ignore[no-untyped-def]
     await add_reps(db, "R1")
     rep = auth("R1")
@@ -130,6 +132,7 @@ async def test_bad_session_input_says_what_is_wrong(client, auth, db, change, st
     assert await db.fetchval("SELECT count(*) FROM events") == 0
 
 
+@pytest.mark.security
 async def test_malformed_requests(client, auth) -> None:  # type: ignore[no-untyped-def]
     r = await client.post(
         "/api/sessions", data=b"{not json", headers={**auth.admin, "Content-Type": "application/json"}
@@ -154,6 +157,7 @@ async def test_malformed_requests(client, auth) -> None:  # type: ignore[no-unty
     assert dup.status == 409 and "already exists" in (await dup.json())["error"]["message"]
 
 
+@pytest.mark.security
 async def test_security_headers_and_session_page(client, auth) -> None:  # type: ignore[no-untyped-def]
     page = await client.get("/watch/inq-1")
     assert page.status == 200

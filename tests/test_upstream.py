@@ -157,6 +157,7 @@ async def test_an_upstream_is_relayed_stalls_and_resumes(
     assert await state() == "ended"
 
 
+@pytest.mark.security
 async def test_hostile_upstreams_are_refused_before_connecting(
     client: Any, auth: Any, db: Any, origin: Any
 ) -> None:

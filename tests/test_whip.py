@@ -109,6 +109,7 @@ async def test_one_encoder_three_viewers(client: Any, auth: Any, db: Any) -> Non
             await page.close()
 
 
+@pytest.mark.security
 async def test_one_publisher_per_feed_and_keys(client: Any, auth: Any, db: Any) -> None:
     await live_session(client, auth, db)
     key = await make_feed(client, auth)
@@ -143,6 +144,7 @@ async def test_one_publisher_per_feed_and_keys(client: Any, auth: Any, db: Any) 
             await again.stop(http)
 
 
+@pytest.mark.security
 async def test_hosts_publish_with_their_own_token(client: Any, auth: Any, db: Any) -> None:
     """The host page publishes with the host's token instead of the stream key."""
     await live_session(client, auth, db)
@@ -166,6 +168,7 @@ async def test_hosts_publish_with_their_own_token(client: Any, auth: Any, db: An
     assert await db.fetchval("SELECT state FROM feeds WHERE id = 'main'") == "ended"
 
 
+@pytest.mark.security
 async def test_only_admins_manage_feeds(client: Any, auth: Any, db: Any) -> None:
     await live_session(client, auth, db)
     r = await client.post("/api/feeds", json={"id": "main", "session": SESSION}, headers=auth("R1"))
@@ -204,6 +207,7 @@ async def offer_from(kinds: tuple[str, ...] = ("video",), h264: bool = True) -> 
     return sdp
 
 
+@pytest.mark.security
 async def test_bad_input_is_refused_and_leaves_nothing(client: Any, auth: Any, db: Any) -> None:
     await live_session(client, auth, db)
     key = await make_feed(client, auth)
