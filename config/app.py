@@ -113,6 +113,7 @@ def create_app(settings: Settings) -> web.Application:
     live.attach(app)
     streaming_api.attach(app)
     app.cleanup_ctx.append(health.monitor)
+    app.cleanup_ctx.append(health.loop_watch)
     health.add_routes(app)
     recorder_api.add_routes(app)
     interaction_api.add_routes(app)

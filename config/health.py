@@ -94,6 +94,37 @@ async def monitor(app: web.Application) -> AsyncIterator[None]:
         await task
 
 
+LAG_TICK = 0.1
+STALL = 0.1
+
+
+async def loop_watch(app: web.Application) -> AsyncIterator[None]:
+    """Cleanup context: a timer due every 100 ms measures how late the loop runs it. Lag
+    is a histogram on /metrics; a stall over 100 ms is counted and logged, since every
+    client's ping and every acknowledgement waited that long."""
+    metrics = app[keys.METRICS]
+    loop = asyncio.get_running_loop()
+
+    async def watch() -> None:
+        last_log = 0.0
+        while True:
+            due = loop.time() + LAG_TICK
+            await asyncio.sleep(LAG_TICK)
+            lag = max(0.0, loop.time() - due)
+            metrics.loop_lag.observe(lag)
+            if lag > STALL:
+                metrics.loop_stalls.inc()
+                if loop.time() - last_log > 5:
+                    last_log = loop.time()
+                    log.warning("event loop blocked for %.0f ms", lag * 1000)
+
+    task = asyncio.create_task(watch(), name="loop-watch")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "node": request.app[keys.SETTINGS].node_id})
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+import asyncio
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 
 
 class Metrics:
@@ -84,6 +86,29 @@ class Metrics:
             "tribune_whep_viewers", "WHEP viewers served by this node", registry=self.registry
         )
         self.feeds_live = Gauge("tribune_feeds_live", "Feeds this node ingests", registry=self.registry)
+        self.loop_lag = Histogram(
+            "tribune_event_loop_lag_seconds",
+            "How late the event loop ran a timer due every 100 ms (a blocked loop shows here)",
+            buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=self.registry,
+        )
+        self.loop_stalls = Counter(
+            "tribune_event_loop_stalls_total",
+            "Times the event loop was blocked for longer than 100 ms (each is also logged)",
+            registry=self.registry,
+        )
+        self.tasks = Gauge("tribune_asyncio_tasks", "asyncio tasks alive in the node", registry=self.registry)
+        self.tasks.set_function(_tasks)
+        self.rooms = Gauge("tribune_rooms", "Sessions with clients on this node", registry=self.registry)
+        # process_resident_memory_bytes, process_open_fds, process_cpu_seconds_total …
+        ProcessCollector(registry=self.registry)
 
     def render(self) -> bytes:
         return bytes(generate_latest(self.registry))
+
+
+def _tasks() -> float:
+    try:
+        return float(len(asyncio.all_tasks()))
+    except RuntimeError:  # scraped outside the node's loop
+        return 0.0

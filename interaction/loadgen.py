@@ -93,6 +93,8 @@ class ViewerProtocol(asyncio.Protocol):
         self.key = base64.b64encode(os.urandom(16)).decode()
         self.acks: dict[int, asyncio.Future[Any]] = {}
         self.last_ack_id = 0
+        self.epoch = ""
+        self.on_lost: Callable[[], None] | None = None  # called once the connection is gone
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -112,6 +114,8 @@ class ViewerProtocol(asyncio.Protocol):
         self.acks.clear()
         if not self.on_ready.done():
             self.on_ready.set_result(False)
+        if self.on_lost is not None:
+            self.on_lost()
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
@@ -172,6 +176,10 @@ class ViewerProtocol(asyncio.Protocol):
                 self._events(data)
             elif name == "hello":
                 self.seq = int(data["seq"]) if self.seq < 0 else self.seq
+                self.epoch = str(data["epoch"])
+                if self.auth.get("since") and not self.on_ready.done():
+                    self.tally.connected += 1  # resumed: the missed events follow, no snapshot
+                    self.on_ready.set_result(True)
             elif name == "snapshot":
                 self.seq = int(data["seq"])
                 if not self.on_ready.done():

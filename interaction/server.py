@@ -151,6 +151,7 @@ class Live:
         )
         self.sio.attach(app)
         self.rooms = Rooms()
+        self.metrics.rooms.set_function(lambda: len(self.rooms.by_session))
         self.words = words.WordList()
         self.local_bucket: dict[str, tuple[float, float]] = {}
         self.fanout = Fanout(

@@ -6,7 +6,6 @@ console error and uncaught exception, which the tests assert is empty. Screensho
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import shutil
@@ -96,58 +95,3 @@ async def open_page(
     page = Page(await context.new_page(), context)
     await page.page.goto(url)
     return page
-
-
-class Cuttable:
-    """A TCP relay on loopback in front of the node, for one page: `cut()` drops its
-    connections and refuses new ones (a network outage as the browser sees it); `restore()`
-    listens again on the same port."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.port = 0
-        self.server: asyncio.Server | None = None
-        self.links: set[asyncio.StreamWriter] = set()
-
-    async def start(self) -> Cuttable:
-        self.server = await asyncio.start_server(self._link, "127.0.0.1", self.port)
-        self.port = self.server.sockets[0].getsockname()[1]
-        return self
-
-    async def _link(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-        except OSError:
-            writer.close()
-            return
-        self.links.update((writer, up_writer))
-
-        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            try:
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            except (ConnectionError, OSError):
-                pass
-            finally:
-                dst.close()
-                self.links.discard(dst)
-
-        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
-
-    async def cut(self) -> None:
-        assert self.server is not None
-        self.server.close()
-        for writer in list(self.links):
-            writer.transport.abort()
-        self.links.clear()
-        await self.server.wait_closed()
-
-    async def restore(self) -> None:
-        await self.start()
-
-    async def stop(self) -> None:
-        if self.server is not None:
-            self.server.close()
-        for writer in list(self.links):
-            writer.transport.abort()

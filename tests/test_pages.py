@@ -13,7 +13,8 @@ import pytest
 from config.auth import Role
 from config.settings import Settings
 from streaming.api import STREAMING
-from tests.browser import Cuttable, Page, needs_chromium, open_page
+from tests.browser import Page, needs_chromium, open_page
+from tests.faults import FaultProxy
 from tests.live import Viewer
 from tests.test_polls import SESSION, live_session
 from tests.test_whip import bearer, make_feed, until
@@ -69,8 +70,8 @@ async def test_a_session_end_to_end(client: Any, auth: Any, db: Any, browser: An
     await until(lambda: hub.live_here("main") is not None, seconds=20)
     await wait_text(host, "#bitrate", "kbps")
 
-    # A representative's page plays it: frames are decoded. Its network can be cut.
-    link = await Cuttable(client.port).start()
+    # A representative's page plays it: frames are decoded. Its network can be cut (refused).
+    link = await FaultProxy(("127.0.0.1", client.port)).start()
     watch_url = url(client, "watch", auth("R1", name="王伟")).replace(f":{client.port}/", f":{link.port}/")
     viewer = await open_page(browser, watch_url)
     pages.append(viewer)
@@ -119,12 +120,12 @@ async def test_a_session_end_to_end(client: Any, auth: Any, db: Any, browser: An
         for fieldset, label in zip(await form.locator("fieldset").all(), picks, strict=True):
             await fieldset.get_by_label(label, exact=True).check()
         if voter is viewer:  # the first presses Submit while its network is down
-            await link.cut()
+            await link.refuse()
             await wait_text(viewer, "#conn", "重新连接")
             await form.locator("button[type=submit]").click()
             await wait_text(viewer, ".vote-status", "正在提交")
             await viewer.page.wait_for_timeout(9_000)  # past the acknowledgement timeout: sent again
-            await link.restore()
+            await link.heal()
             await wait_text(viewer, ".vote-status", "您的投票已记录", timeout=30_000)
         else:
             await form.locator("button[type=submit]").click()
@@ -158,7 +159,7 @@ async def test_a_session_end_to_end(client: Any, auth: Any, db: Any, browser: An
     await second.shot("e2e-6-phone-results")
 
     # The viewer's connection is cut; comments published meanwhile all arrive after it returns.
-    await link.cut()
+    await link.refuse()
     await wait_text(viewer, "#conn", "重新连接")
     for n in range(3):
         await second.page.fill("#comment-text", f"断线期间的留言 {n}")
@@ -167,7 +168,7 @@ async def test_a_session_end_to_end(client: Any, auth: Any, db: Any, browser: An
         await wait_text(moderator, "#queue li", f"断线期间的留言 {n}")
         await moderator.page.keyboard.press("a")
         await wait_text(second, "#comment-list li", f"断线期间的留言 {n}")
-    await link.restore()
+    await link.heal()
     await wait_text(viewer, "#conn", "已连接", timeout=30_000)
     for n in range(3):
         await wait_text(viewer, "#comment-list li", f"断线期间的留言 {n}")
@@ -197,6 +198,7 @@ XSS = [
 ]
 
 
+@pytest.mark.security
 async def test_comments_with_markup_run_no_script(client: Any, auth: Any, db: Any, browser: Any) -> None:
     await live_session(client, auth, db)
     base = str(client.make_url(""))

@@ -6,7 +6,19 @@ import argparse
 import sys
 from types import ModuleType
 
-from config.cli import bench, check_config, demo, feed, import_roster, migrate, report, scores, serve, token
+from config.cli import (
+    bench,
+    check_config,
+    cluster,
+    demo,
+    feed,
+    import_roster,
+    migrate,
+    report,
+    scores,
+    serve,
+    token,
+)
 from config.errors import TribuneError
 from config.settings import SettingsError
 
@@ -21,6 +33,7 @@ COMMANDS: dict[str, ModuleType] = {
     "scores": scores,
     "feed": feed,
     "bench": bench,
+    "cluster": cluster,
 }
 
 
