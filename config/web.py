@@ -77,25 +77,12 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
     started = time.perf_counter()
     try:
         response = await handler(request)
-    except TribuneError as exc:
-        if exc.status >= 500:
-            log.warning("%s %s: %s", request.method, request.path, exc.message)
-        response = error_response(exc.status, exc.code, exc.message, exc.details)
-    except web.HTTPException as exc:
-        if exc.status < 400:
+    except Exception as exc:
+        if request.writer.output_size:
+            # A response is on the wire already (a websocket's upgrade): no error response can
+            # follow it. aiohttp logs the error and drops the connection.
             raise
-        message = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
-        if exc.status == 413:
-            message = "the request body is too large"
-        elif exc.status == 404:
-            message = f"nothing here: {request.path}"
-        response = error_response(exc.status, _HTTP_CODES.get(exc.status, "error"), message)
-    except UNAVAILABLE as exc:
-        log.warning("%s %s: dependency unavailable: %r", request.method, request.path, exc)
-        response = error_response(503, "unavailable", "a backing service is unreachable; try again shortly")
-    except Exception:
-        log.exception("%s %s failed", request.method, request.path)
-        response = error_response(500, "internal", "internal error; the incident is logged")
+        response = _response_for(request, exc)
     metrics.http_requests.labels(request.method, route_name, str(response.status)).inc()
     metrics.http_seconds.labels(route_name).observe(time.perf_counter() - started)
     headers = response.headers
@@ -105,6 +92,28 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if request.path.startswith("/api/"):
         headers.setdefault("Cache-Control", "no-store")
     return response
+
+
+def _response_for(request: web.Request, exc: Exception) -> web.Response:
+    """The JSON error for what a handler raised; a redirect is raised again."""
+    if isinstance(exc, TribuneError):
+        if exc.status >= 500:
+            log.warning("%s %s: %s", request.method, request.path, exc.message)
+        return error_response(exc.status, exc.code, exc.message, exc.details)
+    if isinstance(exc, web.HTTPException):
+        if exc.status < 400:
+            raise exc
+        message = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
+        if exc.status == 413:
+            message = "the request body is too large"
+        elif exc.status == 404:
+            message = f"nothing here: {request.path}"
+        return error_response(exc.status, _HTTP_CODES.get(exc.status, "error"), message)
+    if isinstance(exc, UNAVAILABLE):
+        log.warning("%s %s: dependency unavailable: %r", request.method, request.path, exc)
+        return error_response(503, "unavailable", "a backing service is unreachable; try again shortly")
+    log.error("%s %s failed", request.method, request.path, exc_info=exc)
+    return error_response(500, "internal", "internal error; the incident is logged")
 
 
 def caller(request: web.Request) -> Principal:

@@ -24,7 +24,7 @@ from config import keys
 from config.auth import AuthError, Role
 from config.errors import TribuneError
 from config.web import UNAVAILABLE
-from interaction import ballots, comments, polls, words
+from interaction import ballots, comments, polls, transport, words
 from interaction.bus import Bus
 from interaction.errors import InvalidMessage, NotPermitted, PollClosed, SlowDown
 from interaction.fanout import Fanout
@@ -94,6 +94,34 @@ def failure(exc: TribuneError) -> dict[str, Any]:
     return {"ok": False, "error": exc.payload()}
 
 
+def sketch(value: Any, room: int = 500, depth: int = 8) -> str:
+    """A repr of a client's payload cut to about `room` characters and `depth` levels, in
+    time bounded by both (`repr` of a payload nested a thousand deep raises RecursionError)."""
+    if isinstance(value, str | bytes):
+        text = repr(value[:room])
+    elif isinstance(value, dict | list | tuple):
+        pairs = isinstance(value, dict)
+        parts: list[str] = []
+        used = 2
+        for item in value.items() if isinstance(value, dict) else value:
+            if used >= room or depth <= 0:
+                parts.append("…")
+                break
+            left = room - used
+            if pairs:
+                parts.append(f"{sketch(item[0], left, depth - 1)}: {sketch(item[1], left, depth - 1)}")
+            else:
+                parts.append(sketch(item, left, depth - 1))
+            used += len(parts[-1]) + 2
+        ends = "{}" if pairs else "[]"
+        text = ends[0] + ", ".join(parts) + ends[1]
+    elif value is None or isinstance(value, int | float):
+        text = repr(value)
+    else:
+        text = f"<{type(value).__name__}>"
+    return text[:room]
+
+
 class _Manager(socketio.AsyncManager):  # type: ignore[misc]
     """Calls back once a client is fully connected, i.e. after the CONNECT packet is queued,
     so the welcome always arrives after it."""
@@ -138,9 +166,7 @@ class Live:
         origins: list[str] | str | None = list(settings.allowed_origins) or None
         if settings.allowed_origins == ("*",):
             origins = "*"
-        self.sio = socketio.AsyncServer(
-            async_mode="aiohttp",
-            serializer="msgpack",
+        self.sio = transport.Server(
             cors_allowed_origins=origins,
             max_http_buffer_size=settings.max_frame_bytes,
             ping_interval=20,
@@ -164,6 +190,7 @@ class Live:
             on_deliver=self.metrics.deliveries.inc,
             on_flush=self._flushed,
         )
+        self.sio.install_websockets()  # over the fan-out's driver
         self.polls: dict[int, polls.Poll] = {}  # definitions (fixed once open), by id
         self._poll_loads: dict[int, asyncio.Future[polls.Poll]] = {}
         self._joining: dict[str, set[str]] = {}  # session → representatives whose interval opens next
@@ -672,14 +699,20 @@ class Live:
             self._nudge_local(str(message["s"]), int(message["p"]), str(message["t"]), list(message["r"]))
 
     async def _audit(self, client: Client, action: str, data: Any) -> None:
-        with contextlib.suppress(Exception):
+        """Record a refused attempt. The refusal stands if the row cannot be written; the
+        failure is logged."""
+        try:
             await self.pool.execute(
                 "INSERT INTO audit_log (actor, action, target, detail) VALUES ($1, $2, $3, $4)",
                 client.who.rep,
                 action,
                 client.session_id,
-                {"data": repr(data)[:500]},
+                {"data": sketch(data)},
             )
+        except (*UNAVAILABLE, asyncpg.PostgresError) as exc:
+            log.warning("%s by %s not audited: %r", action, client.who.rep, exc)
+        except Exception:
+            log.exception("%s by %s not audited", action, client.who.rep)
 
     # --- fan-out between nodes -------------------------------------------------------
 

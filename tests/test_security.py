@@ -183,11 +183,6 @@ async def test_a_vote_counts_only_for_the_caller(client: Any, auth: Any, db: Any
     assert [(r["rep_id"], r["option_ids"]) for r in rows] == [("R1", [yes]), ("R2", [no])]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Live._audit: repr() of a payload nested ~1000 deep raises RecursionError, "
-    "which contextlib.suppress swallows, so the refusal leaves no audit row",
-)
 async def test_a_refused_moderation_is_audited_whatever_its_payload(
     client: Any, auth: Any, db: Any, people: Any
 ) -> None:
@@ -272,12 +267,6 @@ async def test_a_malformed_protocol_barrage_gets_documented_answers(
     assert errors(caplog) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a text frame Engine.IO cannot decode raises out of the websocket handler into "
-    "config.web.edge_middleware, which logs an ERROR traceback and writes an HTTP 500 into the "
-    "upgraded socket; the client stays joined until its ping times out",
-)
 async def test_a_garbage_text_frame_ends_only_that_socket_cleanly(
     client: Any, auth: Any, db: Any, settings: Settings, people: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -296,11 +285,6 @@ async def test_a_garbage_text_frame_ends_only_that_socket_cleanly(
     assert errors(caplog) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="python-socketio's packet decoding raises on these frames; engineio logs "
-    "'message async handler error' at ERROR and leaves the socket open without an answer",
-)
 async def test_undecodable_packets_close_the_socket(
     client: Any, auth: Any, db: Any, settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -1,0 +1,132 @@
+"""The Socket.IO server under the live channel: python-socketio's, on aiohttp, with the
+msgpack parser, ending at once a connection that sends what it cannot decode.
+
+Left alone, python-engineio raises a text frame it cannot read out of the websocket into
+the HTTP middleware, and python-socketio logs an undecodable packet with a traceback and
+leaves the socket open without an answer. Here the sender is disconnected (it leaves its
+room), its websocket gets a close frame, and the node logs one warning.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import socketio
+from aiohttp import WSCloseCode, web
+from engineio import packet as eio_packet
+from socketio import packet as sio_packet
+from socketio.msgpack_packet import MsgPackPacket
+
+from interaction.errors import InvalidMessage
+from interaction.fanout import TransportRegistry
+
+log = logging.getLogger("tribune.live")
+
+
+class UndecodablePacket(InvalidMessage):
+    pass
+
+
+class Packet(MsgPackPacket):  # type: ignore[misc]
+    """The msgpack parser, refusing as socket.io-msgpack-parser does what the stock one
+    passes on to fail later: a packet needs a known type and a namespace, an event a name."""
+
+    def __init__(self, *args: Any, encoded_packet: Any = None, **kwargs: Any) -> None:
+        if encoded_packet is not None and not encoded_packet:  # the stock one takes it for an EVENT
+            raise UndecodablePacket("an empty message")
+        super().__init__(*args, encoded_packet=encoded_packet, **kwargs)
+
+    def decode(self, encoded_packet: Any) -> None:
+        try:
+            super().decode(encoded_packet)
+        except Exception as exc:  # not msgpack, too deep, not a map, no type or nsp, a text message
+            raise UndecodablePacket(f"not a msgpack Socket.IO packet: {exc!r:.80}") from None
+        kind, data = self.packet_type, self.data
+        if kind not in (sio_packet.CONNECT, sio_packet.DISCONNECT, sio_packet.EVENT, sio_packet.ACK):
+            raise UndecodablePacket(f"packet type {kind!r:.20} is not one a client sends")
+        if not isinstance(self.namespace, str):
+            raise UndecodablePacket("the namespace is not a string")
+        if kind == sio_packet.EVENT and not (
+            isinstance(data, list)
+            and data
+            and isinstance(data[0], str | int | float)
+            and data[0] not in socketio.AsyncServer.reserved_events
+        ):
+            raise UndecodablePacket("an event is a list starting with its name")
+        if kind == sio_packet.ACK and not isinstance(data, list):
+            raise UndecodablePacket("an ack's data is a list")
+
+
+def _readable(frame: str) -> bool:
+    """Whether Engine.IO can take a text frame: its decoder raises on some, and its read loop
+    fails on a packet type it does not know."""
+    try:
+        kind: int = eio_packet.Packet(encoded_packet=frame).packet_type
+    except (ValueError, RecursionError):  # empty, no type digit, bad base64, JSON nested too deep
+        return False
+    return 0 <= kind < len(eio_packet.packet_names)
+
+
+class Server(socketio.AsyncServer):  # type: ignore[misc]
+    """python-socketio's server with `Packet` and `WebSocket`."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(async_mode="aiohttp", serializer=Packet, **options)
+        self.websockets: dict[str, WebSocket] = {}  # by Engine.IO sid
+
+    def install_websockets(self) -> None:
+        """Make `WebSocket` Engine.IO's websocket driver. It extends the fan-out's, so this
+        comes after the fan-out installed that one."""
+        assert self.eio._async["websocket"] is TransportRegistry, "install after the fan-out"
+        # The drivers are a module's dict, shared by every server: replace it on this one.
+        self.eio._async = {**self.eio._async, "websocket": self._websocket}
+
+    def _websocket(self, handler: Any, eio: Any) -> WebSocket:
+        return WebSocket(handler, eio, self)
+
+    async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
+        try:
+            await super()._handle_eio_message(eio_sid, data)
+        except UndecodablePacket as exc:
+            await self.refuse(eio_sid, exc.message)
+
+    async def refuse(self, eio_sid: str, why: str) -> None:
+        """End a connection that sent what cannot be decoded: disconnected now, and over a
+        websocket with a close frame (protocol error) instead of Engine.IO's CLOSE packet."""
+        request = self.environ.get(eio_sid, {}).get("aiohttp.request")
+        log.warning("closing live connection %s from %s: %s", eio_sid, request and request.remote, why)
+        socket, websocket = self.eio.sockets.get(eio_sid), self.websockets.get(eio_sid)
+        if socket is not None:
+            await socket.close(wait=False, abort=websocket is not None, reason=self.reason.TRANSPORT_ERROR)
+        if websocket is not None:
+            await websocket.end()
+
+
+class WebSocket(TransportRegistry):
+    """The fan-out's websocket driver, refusing text frames Engine.IO cannot read, and which
+    the server can end."""
+
+    def __init__(self, handler: Any, eio: Any, server: Server) -> None:
+        super().__init__(handler, eio)
+        self.owner = server
+        self.sid: str = handler.__self__.sid  # the handler is the Engine.IO socket's read loop
+
+    async def __call__(self, environ: dict[str, Any]) -> web.WebSocketResponse:
+        self.owner.websockets[self.sid] = self
+        try:
+            return await super().__call__(environ)
+        finally:
+            if self.owner.websockets.get(self.sid) is self:
+                del self.owner.websockets[self.sid]
+
+    async def wait(self) -> str | bytes:
+        frame = await super().wait()
+        if isinstance(frame, str) and not _readable(frame):
+            await self.owner.refuse(self.sid, f"not an Engine.IO packet: {frame[:20]!r}")
+            raise OSError("refused")  # Engine.IO's read loop ends on it
+        return frame  # type: ignore[no-any-return]
+
+    async def end(self) -> None:
+        if self._sock is not None:
+            await self._sock.close(code=WSCloseCode.PROTOCOL_ERROR, message=b"undecodable packet")
