@@ -19,7 +19,8 @@ Target = tuple[str, int] | str  # (host, port) or a unix socket path
 class FaultProxy:
     """Modes: `pass` (default); `refuse` — connections are reset and new ones refused;
     `blackhole` — connections stay open and new ones are accepted, but nothing gets through
-    either way and nothing is closed (half-open); `delay` — everything arrives `seconds` late."""
+    either way and nothing is closed (half-open); `delay` — every answer from the server
+    arrives `seconds` late (so each round trip takes that much longer)."""
 
     def __init__(self, target: Target) -> None:
         self.target = target
@@ -51,11 +52,13 @@ class FaultProxy:
                 writer.transport.abort()
                 return
             self.links.add(up_writer)
-            await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer))
+            await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer, answers=True))
         finally:
             self.links.discard(writer)
 
-    async def _pump(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+    async def _pump(
+        self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, answers: bool = False
+    ) -> None:
         queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
         loop = asyncio.get_running_loop()
 
@@ -74,7 +77,7 @@ class FaultProxy:
         sender = asyncio.ensure_future(deliver())
         try:
             while data := await src.read(65536):
-                delay = self.seconds if self.mode == "delay" else 0.0
+                delay = self.seconds if self.mode == "delay" and answers else 0.0
                 queue.put_nowait((loop.time() + delay, data))
             joined = asyncio.ensure_future(queue.join())  # what was read is delivered first
             await asyncio.wait([joined, sender], return_when=asyncio.FIRST_COMPLETED)

@@ -20,7 +20,7 @@ from interaction.loadgen import FrameCache, Tally, ViewerProtocol
 from tests.conftest import TEST_SECRET
 from tests.test_node import Node, clean_env
 
-pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow]
+pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow, pytest.mark.faults]
 
 SESSION = "att-fault"
 REPS = 500

@@ -37,6 +37,7 @@ async def wait_for(check: Callable[[], Awaitable[bool]], seconds: float = 15) ->
     return False
 
 
+@pytest.mark.faults
 async def test_readyz_follows_postgres_and_redis(
     own_services: EmbeddedServices, own_settings: Settings
 ) -> None:
@@ -74,6 +75,7 @@ async def test_readyz_follows_postgres_and_redis(
         assert 'tribune_dependency_up{dependency="redis"} 1.0' in metrics
 
 
+@pytest.mark.faults
 async def test_ledger_outage_gives_503_and_writes_nothing(
     own_services: EmbeddedServices, own_settings: Settings
 ) -> None:

@@ -413,6 +413,7 @@ async def test_who_has_not_voted_and_a_nudge(client, auth, db, people) -> None: 
     assert part == {"voted": 1, "eligible_present": 2, "rate": 0.5} and closed["results"]["valid"] is True
 
 
+@pytest.mark.faults
 async def test_lost_acknowledgement_retry_answers_already_recorded(client, auth, db, people) -> None:  # type: ignore[no-untyped-def]
     await live_session(client, auth, db)
     poll = await make_poll(client, auth, {"kind": "yes_no", "title": "表决", "question": "?"})
@@ -443,6 +444,7 @@ async def test_lost_acknowledgement_retry_answers_already_recorded(client, auth,
     assert await db.fetchval("SELECT count(*) FROM ballots") == 1
 
 
+@pytest.mark.faults
 async def test_duplicate_storm_across_two_nodes(client, auth, db, people, settings) -> None:  # type: ignore[no-untyped-def]
     reps = [(f"S{i:03d}", f"代表{i}") for i in range(200)]
     await live_session(client, auth, db, reps=reps)
@@ -480,6 +482,7 @@ async def test_duplicate_storm_across_two_nodes(client, auth, db, people, settin
         assert sorted(seen) == ["already_recorded"] * 4 + ["recorded"], (rep, seen)
 
 
+@pytest.mark.faults
 async def test_votes_survive_a_database_outage(
     own_services: EmbeddedServices, own_settings: Settings
 ) -> None:

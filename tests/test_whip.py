@@ -264,6 +264,7 @@ async def test_bad_input_is_refused_and_leaves_nothing(client: Any, auth: Any, d
     assert "Access-Control-Allow-Origin" not in r.headers  # not an allowed origin
 
 
+@pytest.mark.faults
 async def test_a_publisher_that_never_connects_is_let_go(client: Any, auth: Any, db: Any) -> None:
     await live_session(client, auth, db)
     key = await make_feed(client, auth)
@@ -281,6 +282,7 @@ async def test_a_publisher_that_never_connects_is_let_go(client: Any, auth: Any,
     assert await db.fetchval("SELECT state FROM feeds WHERE id = 'main'") == "idle"  # never went live
 
 
+@pytest.mark.faults
 @pytest.mark.slow
 async def test_300_viewer_cycles_leave_nothing_behind(client: Any, auth: Any, db: Any) -> None:
     import gc

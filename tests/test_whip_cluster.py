@@ -22,7 +22,7 @@ from tests.live import Viewer
 from tests.test_node import Node, clean_env, http
 from tests.test_whip import until
 
-pytestmark = [pytest.mark.usefixtures("loopback_only"), pytest.mark.slow]
+pytestmark = [pytest.mark.usefixtures("loopback_only"), pytest.mark.slow, pytest.mark.faults]
 
 SESSION = "hearing-1"
 
