@@ -67,3 +67,12 @@ def test_bench_hls_small_run() -> None:
     assert figures["bytes_per_s"] > 0 and figures["server_cpu_s"] > 0
     assert figures["ttfb_ms"]["p50"] is not None
     assert figures["live_latency_s"]["by_playlist_clock"]["hls"] is not None
+
+
+@pytest.mark.slow
+def test_bench_all_describes_the_machine_and_runs_what_it_is_asked() -> None:
+    figures = bench("all", "--only", "scoring")
+    assert figures["machine"]["cpus"] >= 1 and figures["machine"]["python"].startswith("3.")
+    assert list(figures["benchmarks"]) == ["scoring"]
+    scoring = figures["benchmarks"]["scoring"]
+    assert scoring["same_rows_when_rescored"] and scoring["session_report"]["rows"] == 2000

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import sys
+import time
 from typing import Any
 
 from config.logs import setup_logging
@@ -52,12 +53,78 @@ def add_parser(sub: Any, name: str) -> None:
     h.add_argument("--nodes", type=int, default=2, help="Tribune nodes serving the feed's HLS (default 2)")
     h.add_argument("--seconds", type=float, default=30.0, help="seconds of playing (default 30)")
     h.add_argument("--json", action="store_true", help="print only the JSON (the default output anyway)")
+    a = kinds.add_parser(
+        "all",
+        help="every benchmark in sequence, at sizes that fit a two-core machine, as one JSON",
+        description=(
+            "Runs comments (2,000 viewers, 50/s, 10 s), votes (2,000 voters on 2 nodes), whep "
+            "(30 viewers, 10 s), hls (500 players on 2 nodes, 20 s) and scoring (2,000 "
+            "representatives, 50 sessions), each beside its baseline, and prints one JSON object "
+            "with the machine's description. WebRTC benchmarks belong in a loopback-only network "
+            "namespace (see docs/benchmarks.md)."
+        ),
+    )
+    a.add_argument("--only", action="append", choices=ALL, help="run only these (repeatable)")
+    a.add_argument("--json", action="store_true", help="print only the JSON (the default output anyway)")
     s = kinds.add_parser(
         "scoring", help="a year of generated facts: time to rescore, rank, remind and report"
     )
     s.add_argument("--reps", type=int, default=10_000, help="representatives (default 10000)")
     s.add_argument("--sessions", type=int, default=200, help="ended sessions across 2026 (default 200)")
     s.add_argument("--json", action="store_true", help="print only the JSON (the default output anyway)")
+
+
+ALL = ("comments", "votes", "whep", "hls", "scoring")
+
+
+def machine() -> dict[str, Any]:
+    import os
+    import platform
+
+    import psutil
+
+    return {
+        "cpus": os.cpu_count(),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+async def run_all(only: list[str] | None) -> dict[str, Any]:
+    """Each benchmark at a size this machine holds, one after another."""
+    from interaction.bench import bench_comments, raise_fd_limit
+    from interaction.votebench import bench_votes
+    from recorder.bench import bench_scoring
+    from streaming.bench import bench_whep
+    from streaming.hlsbench import bench_hls
+
+    raise_fd_limit()
+    result: dict[str, Any] = {"machine": machine(), "benchmarks": {}}
+    for name in only or ALL:
+        _stage(f"bench {name}")
+        began = time.monotonic()
+        if name == "comments":
+            figures = await bench_comments(
+                clients=2000,
+                nodes=1,
+                rate=50,
+                duration=10,
+                baseline=True,
+                sample_every=20,
+                progress=lambda stage, done, total: None,
+            )
+        elif name == "votes":
+            figures = await bench_votes(voters=2000, nodes=2, rate=2000, baseline=True, progress=_stage)
+        elif name == "whep":
+            figures = await bench_whep(viewers=30, seconds=10, baseline=True, progress=_stage)
+        elif name == "hls":
+            figures = await bench_hls(viewers=500, nodes=2, seconds=20, progress=_stage)
+        else:
+            figures = await bench_scoring(reps=2000, sessions=50, progress=_stage)
+        figures["wall_s"] = round(time.monotonic() - began, 1)
+        result["benchmarks"][name] = figures
+    return result
 
 
 def run_scoring(args: argparse.Namespace) -> int:
@@ -84,6 +151,9 @@ def run(args: argparse.Namespace) -> int:
         return _votes(args)
     if args.bench == "scoring":
         return run_scoring(args)
+    if args.bench == "all":
+        print(json.dumps(asyncio.run(run_all(args.only)), indent=2, ensure_ascii=False))
+        return 0
     if args.bench == "whep":
         return _whep(args)
     if args.bench == "hls":
