@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from config.errors import TribuneError
 from config.services import EmbeddedServices, free_port
 
 log = logging.getLogger("tribune.cluster")
@@ -186,7 +187,8 @@ class Cluster:
             )
         if wait:
             self.wait_ready(index, timeout)
-        self.write_state()
+        if self.balancer_proc is not None:  # cluster.json appears once the whole cluster is up
+            self.write_state()
         return node
 
     def wait_ready(self, index: int, timeout: float = 60) -> None:
@@ -338,6 +340,6 @@ def read_state(root: Path) -> dict[str, Any]:
     try:
         return dict(json.loads(path.read_text()))
     except FileNotFoundError:
-        raise RuntimeError(
+        raise TribuneError(
             f"no cluster is running in {root} (no {STATE}); start one with `tribune cluster up`"
         ) from None
