@@ -32,21 +32,29 @@ class HealthState:
     checked_at: float = 0.0
     # Further checks components register (the live channel's "pubsub"): None while healthy.
     extra: dict[str, Callable[[], str | None]] = field(default_factory=dict)
+    probes: dict[str, asyncio.Future[object]] = field(default_factory=dict)  # checks in flight
 
     def ready(self, now: float, max_age: float) -> bool:
         fresh = now - self.checked_at <= max_age
         return fresh and all(problem is None for problem in self.problems.values())
 
 
-async def _check(probe: Awaitable[object], timeout: float) -> str | None:
-    try:
-        async with asyncio.timeout(timeout):
-            await probe
-    except asyncio.CancelledError:
-        raise
-    except Exception as exc:  # any failure means "not ready": say which
-        return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    return None
+async def _check(
+    state: HealthState, name: str, probe: Callable[[], Awaitable[object]], timeout: float
+) -> str | None:
+    """Run `probe` (or wait for the one still running) up to `timeout`. A probe that takes
+    longer is reported but not cancelled: cancelling a query resets its connection, and a
+    slow PostgreSQL would then lose a pooled connection every interval to the check."""
+    task = state.probes.get(name)
+    if task is None or task.done():
+        task = state.probes[name] = asyncio.ensure_future(probe())
+    done, _ = await asyncio.wait({task}, timeout=timeout)
+    if not done:
+        return f"no answer within {timeout:.1f}s"
+    exc = task.exception()
+    if exc is None:
+        return None
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 async def check_once(app: web.Application) -> None:
@@ -55,8 +63,8 @@ async def check_once(app: web.Application) -> None:
     metrics = app[keys.METRICS]
     timeout = min(settings.redis_timeout, settings.database_timeout, max(settings.health_interval, 0.5))
     results = await asyncio.gather(
-        _check(app[keys.DB].fetchval("SELECT 1"), timeout),
-        _check(app[keys.REDIS].ping(), timeout),
+        _check(state, "postgres", lambda: app[keys.DB].fetchval("SELECT 1"), timeout),
+        _check(state, "redis", lambda: app[keys.REDIS].ping(), timeout),
     )
     named = list(zip(DEPENDENCIES, results, strict=True)) + [(n, check()) for n, check in state.extra.items()]
     for stale in set(state.problems) - {n for n, _ in named}:
@@ -90,8 +98,11 @@ async def monitor(app: web.Application) -> AsyncIterator[None]:
     task = asyncio.create_task(loop(), name="health-monitor")
     yield
     task.cancel()
+    for probe in app[keys.HEALTH].probes.values():
+        probe.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+    await asyncio.gather(*app[keys.HEALTH].probes.values(), return_exceptions=True)
 
 
 LAG_TICK = 0.1
