@@ -1,5 +1,6 @@
 """The fault toolkit: a TCP proxy on loopback that passes, refuses, blackholes or delays
-what goes through it (no root needed), and helpers that break Redis and read a node's health.
+what goes through it (no root needed), a client that stops reading, and a node's metrics.
+Nodes are killed and started through config.cluster.Cluster.
 
     proxy = await FaultProxy(("127.0.0.1", 6379)).start()   # or FaultProxy("/path/.s.PGSQL.5432")
     url = proxy.redis_url(redis_url)                        # the same server, through the proxy
@@ -158,6 +159,29 @@ def postgres_target(url: str) -> Target:
 def redis_target(url: str) -> Target:
     parts = urlsplit(url)
     return (parts.hostname or "127.0.0.1", parts.port or 6379)
+
+
+async def stalled_reader(host: str, port: int, auth: dict[str, Any]) -> tuple[asyncio.Transport, Any, Any]:
+    """A protocol-v1 client on a small receive buffer (a phone on a bad link) that joins its
+    session and then stops reading: (its transport, its protocol, its tally)."""
+    import socket
+
+    from interaction.loadgen import FrameCache, Tally, ViewerProtocol
+
+    loop = asyncio.get_running_loop()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await loop.sock_connect(sock, (host, port))
+    ready: asyncio.Future[bool] = loop.create_future()
+    tally = Tally()
+    transport, protocol = await loop.create_connection(
+        lambda: ViewerProtocol(f"{host}:{port}", auth, tally, FrameCache(), None, ready), sock=sock
+    )
+    if not await asyncio.wait_for(ready, 10):
+        raise ConnectionError("the stalled reader was refused")
+    transport.pause_reading()
+    return transport, protocol, tally
 
 
 async def metric(http: Any, node_url: str, name: str) -> float:

@@ -13,6 +13,7 @@ from config.app import create_app
 from config.auth import mint_token
 from config.services import EmbeddedServices
 from config.settings import Settings
+from tests.faults import stalled_reader
 from tests.live import Viewer
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow, pytest.mark.faults]
@@ -71,29 +72,12 @@ async def test_redis_restart_loses_nothing(own_services: EmbeddedServices, own_s
 async def test_slow_reader_is_dropped_and_others_are_not(client, auth, db, settings) -> None:  # type: ignore[no-untyped-def]
     """A viewer that stops reading is cut off once its unsent bytes pass client_buffer_bytes;
     a reading viewer in the same room gets everything."""
-    import socket
-
-    from interaction.loadgen import FrameCache, Tally, ViewerProtocol
-
     await db.execute(SPEC, SESSION)
     reader = Viewer(str(client.make_url("/")), mint_token(settings, rep="R"), SESSION)
     await reader.connect()
     loop = asyncio.get_running_loop()
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a phone on a bad link
-    sock.setblocking(False)
-    await loop.sock_connect(sock, (client.host, client.port))
-    ready: asyncio.Future[bool] = loop.create_future()
-    tally = Tally()
     auth_payload = {"token": mint_token(settings, rep="S"), "session": SESSION, "since": None}
-    transport, slow = await loop.create_connection(
-        lambda: ViewerProtocol(
-            f"{client.host}:{client.port}", auth_payload, tally, FrameCache(), None, ready
-        ),
-        sock=sock,
-    )
-    assert await asyncio.wait_for(ready, 10)
-    transport.pause_reading()
+    transport, slow, tally = await stalled_reader(client.host, client.port, auth_payload)
     # 3,000 events of 4 KB each (12 MB) written straight into the ledger; the node catches up.
     await db.execute(
         """INSERT INTO events (session_id, seq, type, data)
