@@ -320,6 +320,7 @@ async def test_redis_pubsub_clients_killed(make_rig) -> None:  # type: ignore[no
         await asyncio.sleep(0.5)
     await comments
     assert killed >= 10
+    print(f"pubsub: {killed} subscriber connections killed")
     for node in (0, 1):  # each node hears a new comment at once
         assert await deaf_for(rig, node, writer, 100 + node) < HEALTH_INTERVAL + 5
     assert await subscribers(rig) == 2  # each node subscribed again, and only once
@@ -366,6 +367,7 @@ async def test_redis_refused_or_half_open(make_rig, fault: str) -> None:  # type
                 noticed[node] = asyncio.get_running_loop().time() - began
         await asyncio.sleep(0.1)
     assert len(noticed) == 2 and max(noticed.values()) <= HEALTH_INTERVAL * 3 + 5, noticed
+    print(f"redis {fault}: nodes unready after {sorted(round(t, 2) for t in noticed.values())} s")
     await asyncio.sleep(max(0.0, seconds - (asyncio.get_running_loop().time() - began)))
     await rig.redis.heal()
     for node in (0, 1):
@@ -441,6 +443,7 @@ async def test_postgres_refused_then_slow(make_rig) -> None:  # type: ignore[no-
     votes = await fleet.votes_done()
     assert len(votes["votes"]["acked"]) == 200 and set(votes["votes"]["acked"]) == await rig.ballots(poll)
     assert votes["votes"]["refusals"].get("unavailable", 0) > 0  # refused and retried, not hung
+    print(f"postgres refused: {votes['votes']['refusals']} refusals, then all 200 stored")
 
     await rig.pg.delay(2.0)
     writer = Writer(rig)
@@ -452,6 +455,7 @@ async def test_postgres_refused_then_slow(make_rig) -> None:  # type: ignore[no-
     await rig.pg.heal()
     for node in (0, 1):
         ok, buckets = await loop_lag_p99_under(rig, node, 0.1)
+        print(f"loop lag node {node}: {buckets}")
         assert ok, buckets
         assert await rig.metric(node, "tribune_event_loop_lag_seconds_count") > lag_before[node]
     report = await rig.all_caught_up(fleet)
@@ -536,7 +540,9 @@ async def test_whip_publisher_killed(make_rig, tmp_path: Path) -> None:  # type:
         await publisher.wait()
         killed = asyncio.get_running_loop().time()
         await viewer.wait(lambda: bool(viewer.of_type("feed.ended")), seconds=45)
-        assert asyncio.get_running_loop().time() - killed <= 35
+        ended_after = asyncio.get_running_loop().time() - killed
+        print(f"whip publisher killed: feed ended after {ended_after:.1f} s")
+        assert ended_after <= 35
         assert await rig.db.fetchval("SELECT state FROM feeds WHERE id = 'main'") == "ended"
         deadline = asyncio.get_running_loop().time() + 15
         while (

@@ -13,7 +13,12 @@ import pytest
 from interaction.fleet import FleetProcess
 from tests.test_faults import SESSION, Rig, Writer, make_rig  # noqa: F401 (the fixture)
 
-pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.soak]
+SECONDS = float(os.environ.get("TRIBUNE_SOAK_SECONDS", "1800"))
+pytestmark = [
+    pytest.mark.asyncio(loop_scope="session"),
+    pytest.mark.soak,
+    pytest.mark.timeout(int(SECONDS) + 600),
+]
 
 CHURN = "lecture"
 # A client that left still has Engine.IO's ping task asleep until its next ping (20 s).
@@ -26,7 +31,7 @@ async def gauges(rig: Rig, node: int) -> dict[str, float]:
 
 
 async def test_joins_and_leaves_leave_nothing_behind(make_rig) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
-    seconds = float(os.environ.get("TRIBUNE_SOAK_SECONDS", "1800"))
+    seconds = SECONDS
     rig: Rig = await make_rig()
     await rig.db.execute(
         """INSERT INTO sessions (id, kind, title, scheduled_start, scheduled_end, epoch, created_by,
