@@ -542,7 +542,8 @@ async def test_whip_publisher_killed(make_rig, tmp_path: Path) -> None:  # type:
         await viewer.wait(lambda: bool(viewer.of_type("feed.ended")), seconds=45)
         ended_after = asyncio.get_running_loop().time() - killed
         print(f"whip publisher killed: feed ended after {ended_after:.1f} s")
-        assert ended_after <= 35
+        # aioice gives up after 6 missed consent checks, 4–6 s apart: 24–36 s.
+        assert ended_after <= 40
         assert await rig.db.fetchval("SELECT state FROM feeds WHERE id = 'main'") == "ended"
         deadline = asyncio.get_running_loop().time() + 15
         while (
