@@ -16,7 +16,6 @@ from config.auth import Principal, Role
 from config.text import clean_text
 from interaction.errors import CommentNotFound, InvalidMessage, ModerationConflict, NotPermitted
 from interaction.words import WordList
-from recorder import events
 
 Action = Literal[
     "approve", "reject", "remove", "pin", "unpin", "highlight", "unhighlight", "answered", "adopt"
@@ -98,38 +97,24 @@ async def send(
     body = check_text(text, max_chars)
     flagged = words.hits(body)
     status = "published" if session.moderation == "post" and not flagged else "pending"
-    async with pool.acquire() as conn, conn.transaction():
-        row = await conn.fetchrow(
-            f"""INSERT INTO comments (session_id, rep_id, author_name, delegation, body, status,
-                                      flagged_words, client_key)
-                VALUES ($1, $2, $3, coalesce((SELECT delegation FROM representatives WHERE id = $2), ''),
-                        $4, $5, $6, $7)
-                ON CONFLICT (session_id, rep_id, client_key) DO NOTHING
-                RETURNING {_COLUMNS}""",
-            session.id,
-            who.rep,
-            who.name,
-            body,
-            status,
-            flagged,
-            key,
-        )
-        if row is None:  # the same key again: the first result, and nothing new
-            first = await conn.fetchrow(
-                "SELECT id, status FROM comments WHERE session_id = $1 AND rep_id = $2 AND client_key = $3",
-                session.id,
-                who.rep,
-                key,
-            )
-            return Outcome(ack={"comment": {"id": first["id"], "status": first["status"]}, "repeated": True})
-        outcome = Outcome(ack={"comment": {"id": row["id"], "status": status}})
-        if status == "published":
-            written = await events.append(
-                conn, session.id, [events.NewEvent("comment.published", public_view(row), who.rep)]
-            )
-            outcome.events = [e.wire() for e in written]
-        else:
-            outcome.queue_added = [queue_view(row)]
+    result = await pool.fetchval(
+        "SELECT send_comment($1, $2, $3, $4, $5, $6, $7)",
+        session.id,
+        who.rep,
+        who.name,
+        body,
+        status,
+        flagged,
+        key,
+    )
+    ack = {"comment": {"id": result["id"], "status": result["status"]}}
+    if result["repeated"]:  # the same key again: the first result, and nothing new
+        return Outcome(ack={**ack, "repeated": True})
+    outcome = Outcome(ack=ack)
+    if result["event"] is not None:
+        outcome.events = [result["event"]]
+    else:
+        outcome.queue_added = [{**result["comment"], "status": result["status"], "flagged": list(flagged)}]
     return outcome
 
 

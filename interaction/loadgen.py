@@ -176,7 +176,7 @@ class ViewerProtocol(asyncio.Protocol):
                 self._events(data)
             elif name == "hello":
                 self.seq = int(data["seq"]) if self.seq < 0 else self.seq
-                self.epoch = str(data["epoch"])
+                self.epoch = str(data.get("epoch", ""))
                 if self.auth.get("since") and not self.on_ready.done():
                     self.tally.connected += 1  # resumed: the missed events follow, no snapshot
                     self.on_ready.set_result(True)
