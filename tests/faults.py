@@ -30,6 +30,7 @@ class FaultProxy:
         self.seconds = 0.0
         self.server: asyncio.Server | None = None
         self.links: set[asyncio.StreamWriter] = set()
+        self.tasks: set[asyncio.Task[None]] = set()  # one per connection, stopped by stop()
         self.open = asyncio.Event()  # set while anything gets through
         self.open.set()
 
@@ -45,6 +46,9 @@ class FaultProxy:
 
     async def _link(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.links.add(writer)
+        task = asyncio.current_task()
+        if task is not None:
+            self.tasks.add(task)
         try:
             await self.open.wait()  # blackholed: accepted, then silence
             try:
@@ -56,6 +60,8 @@ class FaultProxy:
             await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer, answers=True))
         finally:
             self.links.discard(writer)
+            if task is not None:
+                self.tasks.discard(task)
 
     async def _pump(
         self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, answers: bool = False
@@ -87,7 +93,7 @@ class FaultProxy:
             pass
         finally:
             sender.cancel()
-            with contextlib.suppress(BaseException):
+            with contextlib.suppress(asyncio.CancelledError, ConnectionError, OSError):
                 await sender
             if self.mode != "blackhole":
                 dst.close()
@@ -130,6 +136,9 @@ class FaultProxy:
             self.server.close()
             self.server = None
         self._reset()
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
 
     def redis_url(self, url: str) -> str:
         """`url` (redis://…) pointed at this proxy."""
