@@ -25,15 +25,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from config.balancer import FAIL_TIMEOUT
 from config.errors import TribuneError
-from config.services import EmbeddedServices, free_port
+from config.services import EmbeddedServices, free_port, write_private
+from interaction.bench import stop_servers
 
 log = logging.getLogger("tribune.cluster")
 
 ROOT = Path(__file__).resolve().parent.parent
 NGINX_CONF = ROOT / "deploy" / "nginx.conf"
 STATE = "cluster.json"
-FAIL_TIMEOUT = 5.0  # deploy/nginx.conf's fail_timeout, and config.balancer's
 
 
 def find_nginx() -> str | None:
@@ -92,8 +93,7 @@ class ClusterNode:
 class Cluster:
     """`Cluster(root, 2).start()`; `kill(0)`, `start_node(0)`, `stop()`.
 
-    `env` is added to every node's environment (TRIBUNE_* settings); `pin` puts the nodes
-    on CPU 0 so load generators can have the others."""
+    `env` is added to every node's environment (TRIBUNE_* settings)."""
 
     root: Path
     nodes: int = 2
@@ -103,7 +103,6 @@ class Cluster:
     env: dict[str, str] = field(default_factory=dict)
     balancer: str = "auto"  # auto | nginx | proxy
     port: int = 0
-    pin: bool = False
     members: list[ClusterNode] = field(default_factory=list)
     balancer_proc: subprocess.Popen[bytes] | None = None
     services: EmbeddedServices | None = None
@@ -123,10 +122,6 @@ class Cluster:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def node_urls(self) -> list[str]:
-        return [m.url for m in self.members]
 
     def start(self, timeout: float = 90) -> Cluster:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -175,16 +170,8 @@ class Cluster:
             raise RuntimeError(f"{node.node_id} is already running (pid {node.pid})")
         tribune = str(Path(sys.executable).with_name("tribune"))
         command = [tribune, "serve", "--port", str(node.port), "--data-dir", str(node.data_dir)]
-        pin = None
-        if self.pin and (os.cpu_count() or 1) > 1:
-
-            def pin() -> None:
-                os.sched_setaffinity(0, {0})
-
         with node.log.open("ab") as out:
-            node.proc = subprocess.Popen(
-                command, env=self.node_env(node), stdout=out, stderr=out, preexec_fn=pin
-            )
+            node.proc = subprocess.Popen(command, env=self.node_env(node), stdout=out, stderr=out)
         if wait:
             self.wait_ready(index, timeout)
         if self.balancer_proc is not None:  # cluster.json appears once the whole cluster is up
@@ -210,16 +197,11 @@ class Cluster:
 
     def stop_node(self, index: int, timeout: float = 30) -> int | None:
         """SIGTERM, then wait (SIGKILL after `timeout`); the exit code."""
-        node = self.members[index]
-        if node.proc is None:
+        proc = self.members[index].proc
+        if proc is None:
             return None
-        if node.alive:
-            node.proc.send_signal(signal.SIGTERM)
-        try:
-            return node.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            node.proc.kill()
-            return node.proc.wait()
+        stop_servers([proc], timeout)
+        return proc.returncode
 
     def rolling_restart(self, settle: float = FAIL_TIMEOUT + 1) -> list[int | None]:
         """SIGTERM each node in turn and start it again, waiting after each until it is ready
@@ -268,13 +250,8 @@ class Cluster:
 
     def stop_balancer(self) -> None:
         proc, self.balancer_proc = self.balancer_proc, None
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)  # nginx: fast shutdown, connections closed
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        if proc is not None:
+            stop_servers([proc], 10)  # nginx: SIGTERM is its fast shutdown, connections closed
 
     def restart_balancer(self) -> None:
         """Every client connection through the balancer drops at once."""
@@ -284,12 +261,7 @@ class Cluster:
 
     def stop(self) -> None:
         self.stop_balancer()
-        for node in self.members:
-            if node.alive:
-                assert node.proc is not None
-                node.proc.send_signal(signal.SIGTERM)
-        for node in self.members:
-            self.stop_node(node.index)
+        stop_servers([m.proc for m in self.members if m.proc is not None])
         if self.services is not None:
             self.services.stop()
             self.services = None
@@ -321,18 +293,7 @@ class Cluster:
 
     def write_state(self) -> None:
         """`root/cluster.json` (0600: it holds the services' URLs with their passwords)."""
-        path = self.root / STATE
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(self.state(), fh, indent=2)
-        tmp.replace(path)
-
-    def __enter__(self) -> Cluster:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        write_private(self.root / STATE, json.dumps(self.state(), indent=2))
 
 
 def read_state(root: Path) -> dict[str, Any]:

@@ -221,13 +221,16 @@ class EmbeddedServices:
             self._lock.release()
 
 
-def write_node_env(data_dir: Path, values: dict[str, str]) -> Path:
-    """`data_dir/node.env`: the URLs and secret a second node needs to join this one."""
-    path = data_dir / "node.env"
+def write_private(path: Path, text: str) -> Path:
+    """Write `path` readable by its owner only (0600), whole or not at all."""
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
-        for key, value in values.items():
-            fh.write(f"{key}={value}\n")
+        fh.write(text)
     tmp.replace(path)
     return path
+
+
+def write_node_env(data_dir: Path, values: dict[str, str]) -> Path:
+    """`data_dir/node.env`: the URLs and secret a second node needs to join this one."""
+    return write_private(data_dir / "node.env", "".join(f"{key}={value}\n" for key, value in values.items()))

@@ -147,6 +147,7 @@ def stop_servers(procs: list[subprocess.Popen[bytes]], seconds: float = 30) -> N
             proc.wait(seconds)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait()
 
 
 async def wait_http(url: str, seconds: float = 60) -> None:

@@ -19,13 +19,11 @@ from collections.abc import Callable
 from typing import Any
 
 import engineio.packet
-import socketio
-from aiohttp import web
-from engineio.async_drivers import aiohttp as eio_aiohttp
 from socketio import packet as sio_packet
 from socketio.msgpack_packet import MsgPackPacket
 
 from interaction.rooms import Client, Room, Rooms
+from interaction.transport import Server
 
 log = logging.getLogger("tribune.fanout")
 
@@ -78,41 +76,10 @@ class _Counted(engineio.packet.Packet):  # type: ignore[misc]
         return super().encode(b64)
 
 
-class TransportRegistry(eio_aiohttp.WebSocket):  # type: ignore[misc]
-    """Engine.IO's aiohttp WebSocket driver, with compression off (permessage-deflate costs
-    2–6× CPU per message on broadcast sockets) and each socket's transport recorded so the
-    fan-out can write pre-built frames to it."""
-
-    transports: dict[str, asyncio.Transport]
-
-    async def __call__(self, environ: dict[str, Any]) -> web.WebSocketResponse:
-        request: web.Request = environ["aiohttp.request"]
-        self._sock = web.WebSocketResponse(max_msg_size=self.server.max_http_buffer_size, compress=False)
-        await self._sock.prepare(request)
-        self.environ = environ
-        eio_sid = self.handler.__self__.sid
-        transports: dict[str, asyncio.Transport] = self.server.tribune_transports
-        if request.transport is not None:
-            transports[eio_sid] = request.transport
-        try:
-            await self.handler(self)
-        finally:
-            transports.pop(eio_sid, None)
-        return self._sock
-
-
-def install_transport_registry(sio: socketio.AsyncServer) -> dict[str, asyncio.Transport]:
-    eio = sio.eio
-    eio.tribune_transports = {}
-    # The driver table is shared by every Engine.IO server in the process: copy, then replace.
-    eio._async = {**eio._async, "websocket": TransportRegistry}
-    return eio.tribune_transports  # type: ignore[no-any-return]
-
-
 class Fanout:
     def __init__(
         self,
-        sio: socketio.AsyncServer,
+        sio: Server,
         rooms: Rooms,
         *,
         tick: float,
@@ -130,7 +97,7 @@ class Fanout:
         self._on_drop = on_drop
         self._on_deliver = on_deliver
         self._on_flush = on_flush
-        self._transports = install_transport_registry(sio)
+        self._transports = sio.transports  # websocket clients' sockets, by Engine.IO sid
         self._sockets: dict[str, Any] = sio.eio.sockets
         self._dropping: set[asyncio.Task[Any]] = set()
         self.gone: list[Client] = []  # clients whose socket vanished, for the owner to forget

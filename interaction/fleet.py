@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
 import sys
 import time
@@ -42,7 +41,6 @@ class Member:
         self.dropped_at: float | None = None
         self.reconnect_seconds: list[float] = []
         self.drops = 0
-        self.attempts = 0
         self.task: asyncio.Task[None] | None = None
 
     @property
@@ -63,7 +61,6 @@ class Member:
             ready: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
             protocol = ViewerProtocol(url.netloc, auth, fleet.tally, fleet.cache, None, ready)
             protocol.seq = self.seq
-            self.attempts += 1
             try:
                 async with fleet.gate:
                     await asyncio.get_running_loop().create_connection(
@@ -165,16 +162,13 @@ class Fleet:
 
     def report(self) -> dict[str, Any]:
         seqs = [m.current_seq() for m in self.members]
-        waits = sorted(t for m in self.members for t in m.reconnect_seconds)
+        waits = [t for m in self.members for t in m.reconnect_seconds]
         return {
             "members": len(self.members),
             "connected": sum(m.connected for m in self.members),
             "drops": sum(m.drops for m in self.members),
             "reconnected": len(waits),
-            "reconnect_max_s": round(waits[-1], 2) if waits else None,
-            "reconnect_p99_s": round(waits[int(len(waits) * 0.99) - 1 if len(waits) > 1 else 0], 2)
-            if waits
-            else None,
+            "reconnect_max_s": round(max(waits), 2) if waits else None,
             "seq_min": min(seqs),
             "seq_max": max(seqs),
             "events": self.tally.events,
@@ -229,17 +223,13 @@ class FleetProcess:
         self.proc = proc
 
     @classmethod
-    async def start(
-        cls, urls: list[str], session: str, secret: str, reps: list[str], cpus: str = ""
-    ) -> FleetProcess:
-        env = {**os.environ, "TRIBUNE_BENCH_CPUS": cpus} if cpus else None
+    async def start(cls, urls: list[str], session: str, secret: str, reps: list[str]) -> FleetProcess:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
             "interaction.fleet",
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
-            env=env,
             limit=64 * 1024 * 1024,
         )
         fleet = cls(proc)
@@ -286,8 +276,6 @@ class FleetProcess:
 
 
 if __name__ == "__main__":
-    if hasattr(os, "sched_setaffinity") and os.environ.get("TRIBUNE_BENCH_CPUS"):
-        os.sched_setaffinity(0, {int(c) for c in os.environ["TRIBUNE_BENCH_CPUS"].split(",")})
     from interaction.bench import raise_fd_limit
 
     raise_fd_limit()

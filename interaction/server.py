@@ -190,7 +190,6 @@ class Live:
             on_deliver=self.metrics.deliveries.inc,
             on_flush=self._flushed,
         )
-        self.sio.install_websockets()  # over the fan-out's driver
         self.polls: dict[int, polls.Poll] = {}  # definitions (fixed once open), by id
         self._poll_loads: dict[int, asyncio.Future[polls.Poll]] = {}
         self._joining: dict[str, set[str]] = {}  # session → representatives whose interval opens next

@@ -1,5 +1,10 @@
 """The Socket.IO server under the live channel: python-socketio's, on aiohttp, with the
-msgpack parser, ending at once a connection that sends what it cannot decode.
+msgpack parser, its own WebSocket driver, and a connection that sends what it cannot decode
+ended at once.
+
+The driver turns compression off (permessage-deflate costs 2–6× CPU per message on
+broadcast sockets) and records each socket's transport, so the fan-out can write pre-built
+frames to it.
 
 Left alone, python-engineio raises a text frame it cannot read out of the websocket into
 the HTTP middleware, and python-socketio logs an undecodable packet with a traceback and
@@ -9,17 +14,18 @@ room), its websocket gets a close frame, and the node logs one warning.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
 import socketio
 from aiohttp import WSCloseCode, web
 from engineio import packet as eio_packet
+from engineio.async_drivers import aiohttp as eio_aiohttp
 from socketio import packet as sio_packet
 from socketio.msgpack_packet import MsgPackPacket
 
 from interaction.errors import InvalidMessage
-from interaction.fanout import TransportRegistry
 
 log = logging.getLogger("tribune.live")
 
@@ -74,12 +80,8 @@ class Server(socketio.AsyncServer):  # type: ignore[misc]
     def __init__(self, **options: Any) -> None:
         super().__init__(async_mode="aiohttp", serializer=Packet, **options)
         self.websockets: dict[str, WebSocket] = {}  # by Engine.IO sid
-
-    def install_websockets(self) -> None:
-        """Make `WebSocket` Engine.IO's websocket driver. It extends the fan-out's, so this
-        comes after the fan-out installed that one."""
-        assert self.eio._async["websocket"] is TransportRegistry, "install after the fan-out"
-        # The drivers are a module's dict, shared by every server: replace it on this one.
+        self.transports: dict[str, asyncio.Transport] = {}  # theirs, for the fan-out's writes
+        # The driver table is a module's dict, shared by every server: replace it on this one.
         self.eio._async = {**self.eio._async, "websocket": self._websocket}
 
     def _websocket(self, handler: Any, eio: Any) -> WebSocket:
@@ -103,9 +105,9 @@ class Server(socketio.AsyncServer):  # type: ignore[misc]
             await websocket.end()
 
 
-class WebSocket(TransportRegistry):
-    """The fan-out's websocket driver, refusing text frames Engine.IO cannot read, and which
-    the server can end."""
+class WebSocket(eio_aiohttp.WebSocket):  # type: ignore[misc]
+    """Engine.IO's aiohttp WebSocket driver without compression, its transport recorded,
+    refusing text frames Engine.IO cannot read, and which the server can end."""
 
     def __init__(self, handler: Any, eio: Any, server: Server) -> None:
         super().__init__(handler, eio)
@@ -113,12 +115,21 @@ class WebSocket(TransportRegistry):
         self.sid: str = handler.__self__.sid  # the handler is the Engine.IO socket's read loop
 
     async def __call__(self, environ: dict[str, Any]) -> web.WebSocketResponse:
-        self.owner.websockets[self.sid] = self
+        request: web.Request = environ["aiohttp.request"]
+        self._sock = web.WebSocketResponse(max_msg_size=self.server.max_http_buffer_size, compress=False)
+        await self._sock.prepare(request)
+        self.environ = environ
+        owner, sid = self.owner, self.sid
+        owner.websockets[sid] = self
+        if request.transport is not None:
+            owner.transports[sid] = request.transport
         try:
-            return await super().__call__(environ)
+            await self.handler(self)
         finally:
-            if self.owner.websockets.get(self.sid) is self:
-                del self.owner.websockets[self.sid]
+            owner.transports.pop(sid, None)
+            if owner.websockets.get(sid) is self:
+                del owner.websockets[sid]
+        return self._sock
 
     async def wait(self) -> str | bytes:
         frame = await super().wait()

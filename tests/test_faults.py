@@ -146,6 +146,8 @@ async def make_rig() -> AsyncIterator[Callable[..., Awaitable[Rig]]]:
         try:
             await asyncio.to_thread(cluster.start)
         except BaseException:
+            await pg.stop()
+            await rd.stop()
             await asyncio.to_thread(services.stop)
             raise
         db = await asyncpg.connect(database_url)

@@ -13,7 +13,7 @@ from config.app import create_app
 from config.auth import mint_token
 from config.services import EmbeddedServices
 from config.settings import Settings
-from tests.faults import stalled_reader
+from tests.faults import metric, stalled_reader
 from tests.live import Viewer
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow, pytest.mark.faults]
@@ -89,9 +89,8 @@ async def test_slow_reader_is_dropped_and_others_are_not(client, auth, db, setti
     assert reader.gaps == reader.duplicates == 0
 
     async def dropped() -> bool:
-        text = await (await client.get("/metrics")).text()
-        line = next(x for x in text.splitlines() if x.startswith("tribune_slow_client_drops_total"))
-        return float(line.split()[-1]) >= 1
+        node = str(client.make_url("")).rstrip("/")
+        return await metric(client.session, node, "tribune_slow_client_drops_total") >= 1
 
     deadline = loop.time() + 30
     while not await dropped():

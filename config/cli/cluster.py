@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from config.cluster import Cluster, read_state
 from config.logs import setup_logging
 
@@ -54,15 +56,7 @@ def add_parser(sub: Any, name: str) -> None:
 
 
 def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid > 0 and psutil.pid_exists(pid)
 
 
 def up(args: argparse.Namespace) -> int:
