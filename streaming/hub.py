@@ -330,10 +330,11 @@ class Streaming:
         log.info("feed %s: relaying %s", feed_id, row["upstream_url"])
 
     async def stop_relay(self, run: RelayRun, reason: str) -> None:
+        """Stop pulling; the feed stays listed here until its output, claim and ledger entry
+        are closed, as an ingest does (end_ingest)."""
         if run.stopped:
             return
         run.stopped = True
-        self.relays.pop(run.feed_id, None)
         if run.task is not None:
             run.task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -348,6 +349,8 @@ class Streaming:
                 await self.committed(*ended)
         except Exception as exc:
             log.warning("feed %s: relay not stopped cleanly: %r", run.feed_id, exc)
+        finally:
+            self.relays.pop(run.feed_id, None)
 
     async def _cut_loop(self) -> None:
         """Picks up kill switches pressed on other nodes (the ledger holds the state)."""
@@ -449,7 +452,7 @@ class Streaming:
                 if not ingest.ended and await self._renew(ingest.feed_id, ingest.claim) is False:
                     await self.end_ingest(ingest, "registration_lost")
             for run in tuple(self.relays.values()):
-                if await self._renew(run.feed_id, run.claim) is False:
+                if not run.stopped and await self._renew(run.feed_id, run.claim) is False:
                     await self.stop_relay(run, "registration_lost")
             self._close_stalled()
 
