@@ -19,11 +19,15 @@ const finish = (code) => {
 setTimeout(() => { seen.error = "timeout"; finish(1); }, 15000);
 socket.on("connect_error", (err) => { seen.error = { message: err.message, data: err.data }; finish(2); });
 socket.on("hello", (hello) => { seen.hello = hello; });
+// The published event may arrive before the acknowledgement or after it: done with both.
+const published = () => seen.events.some((e) => e.type === "comment.published" && e.data.text === text);
+const done = () => { if (seen.ack !== null && published()) finish(0); };
 socket.on("snapshot", async (snapshot) => {
   seen.snapshot = snapshot;
   seen.ack = await socket.timeout(10000).emitWithAck("comment.send", { text, key: "js-1" });
+  done();
 });
 socket.on("events", (batch) => {
   seen.events.push(...batch);
-  if (seen.events.some((e) => e.type === "comment.published" && e.data.text === text)) finish(0);
+  done();
 });
