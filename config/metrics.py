@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import asyncio
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 
 
 class Metrics:
@@ -102,6 +110,8 @@ class Metrics:
         self.rooms = Gauge("tribune_rooms", "Sessions with clients on this node", registry=self.registry)
         # process_resident_memory_bytes, process_open_fds, process_cpu_seconds_total …
         ProcessCollector(registry=self.registry)
+        # python_gc_collections_total{generation}, python_gc_objects_collected_total …
+        GCCollector(registry=self.registry)
 
     def render(self) -> bytes:
         return bytes(generate_latest(self.registry))

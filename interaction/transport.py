@@ -129,6 +129,14 @@ class WebSocket(eio_aiohttp.WebSocket):  # type: ignore[misc]
             owner.transports.pop(sid, None)
             if owner.websockets.get(sid) is self:
                 del owner.websockets[sid]
+        # aiohttp keeps the error of a close that found the peer gone (the usual way a
+        # connection ends), and that error's traceback holds the response it was raised in:
+        # a cycle per connection, freed only by a full collection, which a node with many
+        # long-lived objects seldom runs. Close here and drop the traceback, not the error.
+        await self._sock.close()
+        failure = self._sock.exception()
+        if failure is not None:
+            failure.with_traceback(None)
         return self._sock
 
     async def wait(self) -> str | bytes:

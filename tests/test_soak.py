@@ -69,7 +69,11 @@ async def test_joins_and_leaves_leave_nothing_behind(make_rig) -> None:  # type:
         cycles += 1
     await asyncio.sleep(SETTLE)
     after = [await gauges(rig, n) for n in (0, 1)]
-    print(f"soak: {cycles} crowds of 100 in {seconds:.0f} s; before {baseline}; after {after}")
+    full = [await rig.metric(n, 'python_gc_collections_total{generation="2"}') for n in (0, 1)]
+    print(
+        f"soak: {cycles} crowds of 100 in {seconds:.0f} s; before {baseline}; after {after}; "
+        f"full collections {full}"
+    )
     for before, now in zip(baseline, after, strict=True):
         assert now["tribune_rooms"] == before["tribune_rooms"], (before, now)
         assert now["process_resident_memory_bytes"] <= before["process_resident_memory_bytes"] * 1.10, (
