@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import sys
+from collections.abc import Callable
 
 from prometheus_client import (
     CollectorRegistry,
@@ -112,6 +115,23 @@ class Metrics:
         ProcessCollector(registry=self.registry)
         # python_gc_collections_total{generation}, python_gc_objects_collected_total …
         GCCollector(registry=self.registry)
+        # What the node holds beside what the kernel counts: RSS that grows while these stay
+        # flat is memory freed but not returned (fragmentation), not a leak.
+        blocks = Gauge(
+            "tribune_python_allocated_blocks", "Memory blocks Python has allocated", registry=self.registry
+        )
+        blocks.set_function(lambda: float(sys.getallocatedblocks()))
+        if (mallinfo := _mallinfo()) is not None:
+            in_use = Gauge(
+                "tribune_malloc_in_use_bytes", "Bytes in use in the C heap (glibc)", registry=self.registry
+            )
+            in_use.set_function(lambda: float(mallinfo().in_use))
+            free = Gauge(
+                "tribune_malloc_free_bytes",
+                "Bytes free inside the C heap, held but not returned to the system (glibc)",
+                registry=self.registry,
+            )
+            free.set_function(lambda: float(mallinfo().fordblks))
 
     def render(self) -> bytes:
         return bytes(generate_latest(self.registry))
@@ -122,3 +142,36 @@ def _tasks() -> float:
         return float(len(asyncio.all_tasks()))
     except RuntimeError:  # scraped outside the node's loop
         return 0.0
+
+
+class MallInfo(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
+
+    @property
+    def in_use(self) -> int:
+        return int(self.uordblks + self.hblkhd)  # small chunks in use + chunks mapped on their own
+
+
+def _mallinfo() -> Callable[[], MallInfo] | None:
+    """glibc's `mallinfo2` (glibc 2.33 and later); None on other C libraries."""
+    try:
+        fn = ctypes.CDLL(None).mallinfo2
+    except (OSError, AttributeError):
+        return None
+    fn.restype = MallInfo
+    fn.argtypes = []
+    return fn

@@ -139,12 +139,16 @@ class WebSocket(eio_aiohttp.WebSocket):  # type: ignore[misc]
             failure.with_traceback(None)
         return self._sock
 
-    async def wait(self) -> str | bytes:
-        frame = await super().wait()
+    async def wait(self) -> str | bytes | None:
+        # None ends Engine.IO's read loop as an exception would, but an exception would stay
+        # in the read task with its frames, which hold that task: a cycle per connection.
+        frame = (await self._sock.receive()).data
+        if not isinstance(frame, str | bytes):  # closed, or failed
+            return None
         if isinstance(frame, str) and not _readable(frame):
             await self.owner.refuse(self.sid, f"not an Engine.IO packet: {frame[:20]!r}")
-            raise OSError("refused")  # Engine.IO's read loop ends on it
-        return frame  # type: ignore[no-any-return]
+            return None
+        return frame
 
     async def end(self) -> None:
         if self._sock is not None:

@@ -1,7 +1,7 @@
 """The soak (opt-in: `pytest -m soak`, 30 minutes by default, TRIBUNE_SOAK_SECONDS to change):
 two nodes, a steady audience, comments every second, and every few seconds a crowd that
-joins a second session and leaves again. Afterwards each node's memory, file descriptors,
-asyncio tasks and rooms are back where they were."""
+joins a second session and leaves again. Afterwards each node's memory (what it holds, and its
+resident size), file descriptors, asyncio tasks and rooms are back where they were."""
 
 from __future__ import annotations
 
@@ -23,7 +23,15 @@ pytestmark = [
 CHURN = "lecture"
 # A client that left still has Engine.IO's ping task asleep until its next ping (20 s).
 SETTLE = 30
-GAUGES = ("process_resident_memory_bytes", "process_open_fds", "tribune_asyncio_tasks", "tribune_rooms")
+GAUGES = (
+    "process_resident_memory_bytes",
+    "tribune_malloc_in_use_bytes",
+    "tribune_malloc_free_bytes",
+    "tribune_python_allocated_blocks",
+    "process_open_fds",
+    "tribune_asyncio_tasks",
+    "tribune_rooms",
+)
 
 
 async def gauges(rig: Rig, node: int) -> dict[str, float]:
@@ -76,6 +84,16 @@ async def test_joins_and_leaves_leave_nothing_behind(make_rig) -> None:  # type:
     )
     for before, now in zip(baseline, after, strict=True):
         assert now["tribune_rooms"] == before["tribune_rooms"], (before, now)
+        # What the node holds comes back (nothing live accumulates) …
+        assert now["tribune_malloc_in_use_bytes"] <= before["tribune_malloc_in_use_bytes"] * 1.10, (
+            before,
+            now,
+        )
+        assert now["tribune_python_allocated_blocks"] <= before["tribune_python_allocated_blocks"] * 1.10, (
+            before,
+            now,
+        )
+        # … and so must what the system sees.
         assert now["process_resident_memory_bytes"] <= before["process_resident_memory_bytes"] * 1.10, (
             before,
             now,
