@@ -130,13 +130,15 @@ class WebSocket(eio_aiohttp.WebSocket):  # type: ignore[misc]
             if owner.websockets.get(sid) is self:
                 del owner.websockets[sid]
         # aiohttp keeps the error of a close that found the peer gone (the usual way a
-        # connection ends), and that error's traceback holds the response it was raised in:
-        # a cycle per connection, freed only by a full collection, which a node with many
-        # long-lived objects seldom runs. Close here and drop the traceback, not the error.
+        # connection ends), and that error's traceback, like that of the EOF it may have been
+        # raised in handling, holds the response: a cycle per connection, freed only by a
+        # full collection, which a node with many long-lived objects seldom runs. Close here
+        # and drop the tracebacks, not the error.
         await self._sock.close()
-        failure = self._sock.exception()
-        if failure is not None:
+        failure: BaseException | None = self._sock.exception()
+        while failure is not None:
             failure.with_traceback(None)
+            failure = failure.__context__
         return self._sock
 
     async def wait(self) -> str | bytes | None:
