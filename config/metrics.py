@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from prometheus_client import (
     CollectorRegistry,
@@ -16,6 +16,8 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 
 class Metrics:
@@ -115,23 +117,7 @@ class Metrics:
         ProcessCollector(registry=self.registry)
         # python_gc_collections_total{generation}, python_gc_objects_collected_total …
         GCCollector(registry=self.registry)
-        # What the node holds beside what the kernel counts: RSS that grows while these stay
-        # flat is memory freed but not returned (fragmentation), not a leak.
-        blocks = Gauge(
-            "tribune_python_allocated_blocks", "Memory blocks Python has allocated", registry=self.registry
-        )
-        blocks.set_function(lambda: float(sys.getallocatedblocks()))
-        if (mallinfo := _mallinfo()) is not None:
-            in_use = Gauge(
-                "tribune_malloc_in_use_bytes", "Bytes in use in the C heap (glibc)", registry=self.registry
-            )
-            in_use.set_function(lambda: float(mallinfo().in_use))
-            free = Gauge(
-                "tribune_malloc_free_bytes",
-                "Bytes free inside the C heap, held but not returned to the system (glibc)",
-                registry=self.registry,
-            )
-            free.set_function(lambda: float(mallinfo().fordblks))
+        self.registry.register(HeldMemory())
 
     def render(self) -> bytes:
         return bytes(generate_latest(self.registry))
@@ -142,6 +128,30 @@ def _tasks() -> float:
         return float(len(asyncio.all_tasks()))
     except RuntimeError:  # scraped outside the node's loop
         return 0.0
+
+
+class HeldMemory(Collector):
+    """What the node holds beside what the kernel counts: RSS that grows while these stay
+    flat is memory freed but not returned (fragmentation), not a leak. One `mallinfo2`
+    call per scrape."""
+
+    def __init__(self) -> None:
+        self.mallinfo = _mallinfo()
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily(
+            "tribune_python_allocated_blocks", "Memory blocks Python has allocated", sys.getallocatedblocks()
+        )
+        if self.mallinfo is not None:
+            info = self.mallinfo()
+            yield GaugeMetricFamily(
+                "tribune_malloc_in_use_bytes", "Bytes in use in the C heap (glibc)", info.in_use
+            )
+            yield GaugeMetricFamily(
+                "tribune_malloc_free_bytes",
+                "Bytes free inside the C heap, held but not returned to the system (glibc)",
+                info.fordblks,
+            )
 
 
 class MallInfo(ctypes.Structure):
