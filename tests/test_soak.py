@@ -11,6 +11,7 @@ import os
 import pytest
 
 from interaction.fleet import FleetProcess
+from interaction.rooms import BUFFER_EVENTS
 from tests.test_faults import SESSION, Rig, Writer, make_rig  # noqa: F401 (the fixture)
 
 SECONDS = float(os.environ.get("TRIBUNE_SOAK_SECONDS", "1800"))
@@ -51,19 +52,21 @@ async def test_joins_and_leaves_leave_nothing_behind(make_rig) -> None:  # type:
     steady = await rig.fleet(100)
     writer = Writer(rig)
     # Warm up: one crowd comes and goes before the baseline, so first-use allocations
-    # (caches, pools, imported code paths) are not counted as growth.
+    # (caches, pools, imported code paths) are not counted as growth; and the room's window
+    # of recent events fills to its bound (a full window is ~50,000 allocated blocks, more
+    # than a tenth of a node's, and a soak of 30 minutes publishes fewer comments).
     crowd = await FleetProcess.start(
         [rig.cluster.url], CHURN, rig.cluster.secret, [f"C{i}" for i in range(100)]
     )
     await asyncio.sleep(2)
     await crowd.close()
-    await writer.run(5, rate=5)
+    await writer.run(BUFFER_EVENTS, rate=100)
     await asyncio.sleep(5)
     baseline = [await gauges(rig, n) for n in (0, 1)]
 
     loop = asyncio.get_running_loop()
     end = loop.time() + seconds
-    comments = 5
+    comments = BUFFER_EVENTS
     cycles = 0
     while loop.time() < end:
         crowd = await FleetProcess.start(
