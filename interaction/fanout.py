@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import struct
 import time
 from collections.abc import Callable
 from typing import Any
@@ -23,7 +22,7 @@ from socketio import packet as sio_packet
 from socketio.msgpack_packet import MsgPackPacket
 
 from interaction.rooms import Client, Room, Rooms
-from interaction.transport import Server
+from interaction.transport import Server, websocket_frame
 
 log = logging.getLogger("tribune.fanout")
 
@@ -35,18 +34,6 @@ SLOW_READER_SECONDS = 10.0
 def socketio_event(name: str, data: Any) -> bytes:
     """One Socket.IO EVENT packet in the msgpack parser's encoding."""
     return bytes(MsgPackPacket(sio_packet.EVENT, data=[name, data], namespace="/").encode())
-
-
-def websocket_frame(payload: bytes) -> bytes:
-    """An unmasked, final, binary WebSocket frame (RFC 6455 §5.2), as a server sends it."""
-    size = len(payload)
-    if size < 126:
-        header = struct.pack("!BB", 0x82, size)
-    elif size < 1 << 16:
-        header = struct.pack("!BBH", 0x82, 126, size)
-    else:
-        header = struct.pack("!BBQ", 0x82, 127, size)
-    return header + payload
 
 
 class Frame:

@@ -169,6 +169,7 @@ class Live:
         self.sio = transport.Server(
             cors_allowed_origins=origins,
             max_http_buffer_size=settings.max_frame_bytes,
+            write_limit=settings.client_buffer_bytes,
             ping_interval=20,
             ping_timeout=20,
             client_manager=_Manager(self._connected),

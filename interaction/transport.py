@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 from typing import Any
 
 import socketio
@@ -74,18 +75,60 @@ def _readable(frame: str) -> bool:
     return 0 <= kind < len(eio_packet.packet_names)
 
 
-class Server(socketio.AsyncServer):  # type: ignore[misc]
-    """python-socketio's server with `Packet` and `WebSocket`."""
+def websocket_frame(payload: bytes) -> bytes:
+    """An unmasked, final, binary WebSocket frame (RFC 6455 §5.2), as a server sends it."""
+    size = len(payload)
+    if size < 126:
+        header = struct.pack("!BB", 0x82, size)
+    elif size < 1 << 16:
+        header = struct.pack("!BBH", 0x82, 126, size)
+    else:
+        header = struct.pack("!BBQ", 0x82, 127, size)
+    return header + payload
 
-    def __init__(self, **options: Any) -> None:
+
+class Server(socketio.AsyncServer):  # type: ignore[misc]
+    """python-socketio's server with `Packet` and `WebSocket`, writing acknowledgements
+    straight to the socket when it can."""
+
+    def __init__(self, *, write_limit: int = 1 << 20, **options: Any) -> None:
         super().__init__(async_mode="aiohttp", serializer=Packet, **options)
         self.websockets: dict[str, WebSocket] = {}  # by Engine.IO sid
         self.transports: dict[str, asyncio.Transport] = {}  # theirs, for the fan-out's writes
+        self.write_limit = write_limit  # bytes a socket may hold unsent and still be written to
         # The driver table is a module's dict, shared by every server: replace it on this one.
         self.eio._async = {**self.eio._async, "websocket": self._websocket}
 
     def _websocket(self, handler: Any, eio: Any) -> WebSocket:
         return WebSocket(handler, eio, self)
+
+    async def _send_packet(self, eio_sid: str, pkt: Any) -> None:
+        # An acknowledgement has no order to keep with anything but what is already queued:
+        # with nothing queued it skips Engine.IO's queue and writer task.
+        if pkt.packet_type == sio_packet.ACK and self.write_now(eio_sid, pkt.encode()):
+            return
+        await super()._send_packet(eio_sid, pkt)
+
+    def write_now(self, eio_sid: str, payload: bytes) -> bool:
+        """Write one binary message straight to a websocket client's transport when nothing
+        of its waits in Engine.IO's queue and its socket buffer is under `write_limit`;
+        False, with nothing written, otherwise."""
+        transport = self.transports.get(eio_sid)
+        socket = self.eio.sockets.get(eio_sid)
+        if (
+            transport is None
+            or socket is None
+            or socket.closing
+            or socket.closed
+            or not socket.upgraded
+            or socket.upgrading
+            or not socket.queue.empty()
+            or transport.is_closing()
+            or transport.get_write_buffer_size() > self.write_limit
+        ):
+            return False
+        transport.write(websocket_frame(payload))
+        return True
 
     async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
         try:
@@ -142,15 +185,27 @@ class WebSocket(eio_aiohttp.WebSocket):  # type: ignore[misc]
         return self._sock
 
     async def wait(self) -> str | bytes | None:
+        """The next frame for Engine.IO's read loop. Binary frames on an upgraded socket are
+        Socket.IO messages: they are handed to the server here, as that loop would, without
+        its task and timer per frame; the loop still gets every text frame (pongs come every
+        ping interval, so its timeout keeps working) and the end."""
         # None ends Engine.IO's read loop as an exception would, but an exception would stay
         # in the read task with its frames, which hold that task: a cycle per connection.
-        frame = (await self._sock.receive()).data
-        if not isinstance(frame, str | bytes):  # closed, or failed
-            return None
-        if isinstance(frame, str) and not _readable(frame):
-            await self.owner.refuse(self.sid, f"not an Engine.IO packet: {frame[:20]!r}")
-            return None
-        return frame
+        socket, receive = self.handler.__self__, self._sock.receive
+        while True:
+            frame = (await receive()).data
+            if isinstance(frame, bytes) and socket.upgraded and not socket.closed:
+                try:
+                    await self.owner._handle_eio_message(self.sid, frame)
+                except Exception:  # as Engine.IO's loop does: log it, keep reading
+                    log.exception("live message from %s failed", self.sid)
+                continue
+            if not isinstance(frame, str | bytes):  # closed, or failed
+                return None
+            if isinstance(frame, str) and not _readable(frame):
+                await self.owner.refuse(self.sid, f"not an Engine.IO packet: {frame[:20]!r}")
+                return None
+            return frame
 
     async def end(self) -> None:
         if self._sock is not None:

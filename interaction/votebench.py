@@ -40,6 +40,7 @@ from recorder.migrate import migrate
 
 SESSION = "bench-votes"
 PER_GENERATOR = 7000  # sockets per load-generator process, well under the file limit
+IDLE_SECONDS = 5.0
 
 
 def _service_cpu(root: Path) -> float:
@@ -190,10 +191,16 @@ async def run_system(
         pids = [p.pid for p in procs]
         await _joined(database_url, voters)
         await asyncio.sleep(1.0)  # let the connection work settle before measuring
-        node0, svc0 = _node_cpu(pids), _service_cpu(root / "services")
+        # What holding the voters costs with no vote at all (pings, presence, attendance):
+        # every system pays it for as long as votes take to arrive.
+        idle0, idle_at = _node_cpu(pids) + _service_cpu(root / "services"), time.monotonic()
+        await asyncio.sleep(IDLE_SECONDS)
+        idle_cpu = (_node_cpu(pids) + _service_cpu(root / "services") - idle0) / (time.monotonic() - idle_at)
+        node0, svc0, began = _node_cpu(pids), _service_cpu(root / "services"), time.monotonic()
         start = time.time() + 0.5
         outs = await run_generators(generators, str(start), 1800)
         node_cpu, svc_cpu = _node_cpu(pids) - node0, _service_cpu(root / "services") - svc0
+        window = time.monotonic() - began
         conn = await asyncpg.connect(database_url)
         in_db = int(await conn.fetchval("SELECT count(*) FROM ballots WHERE poll_id = $1", poll))
         distinct = int(
@@ -233,6 +240,10 @@ async def run_system(
             "node_cpu_s": round(node_cpu, 2),
             "postgres_valkey_cpu_s": round(svc_cpu, 2),
             "votes_per_server_cpu_s": round(acked / cpu, 1) if cpu else None,
+            "idle_server_cpu_per_s": round(idle_cpu, 3),
+            "server_cpu_us_per_vote_above_idle": (
+                round((cpu - idle_cpu * window) / acked * 1e6) if acked else None
+            ),
             "load_generator_cpu_s": round(sum(o["cpu_s"] for o in outs), 2),
             "vote_batch": await _batch_sizes(urls),
             "ack_latency_ms_by_second_sent": {
