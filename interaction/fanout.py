@@ -70,7 +70,6 @@ class Fanout:
         rooms: Rooms,
         *,
         tick: float,
-        buffer_limit: int,
         replay: Callable[[Client], None],
         on_drop: Callable[[], None],
         on_deliver: Callable[[int], None],
@@ -79,7 +78,7 @@ class Fanout:
         self._sio = sio
         self._rooms = rooms
         self._tick = tick
-        self._buffer_limit = buffer_limit
+        self._buffer_limit = sio.write_limit  # a socket holding more unsent is a slow reader
         self._replay = replay
         self._on_drop = on_drop
         self._on_deliver = on_deliver

@@ -185,7 +185,6 @@ class Live:
             self.sio,
             self.rooms,
             tick=settings.tick_interval,
-            buffer_limit=settings.client_buffer_bytes,
             replay=self._schedule_replay,
             on_drop=self.metrics.slow_client_drops.inc,
             on_deliver=self.metrics.deliveries.inc,

@@ -193,10 +193,10 @@ async def run_system(
         await asyncio.sleep(1.0)  # let the connection work settle before measuring
         # What holding the voters costs with no vote at all (pings, presence, attendance):
         # every system pays it for as long as votes take to arrive.
-        idle0, idle_at = _node_cpu(pids) + _service_cpu(root / "services"), time.monotonic()
+        idle_node, idle_svc, idle_at = _node_cpu(pids), _service_cpu(root / "services"), time.monotonic()
         await asyncio.sleep(IDLE_SECONDS)
-        idle_cpu = (_node_cpu(pids) + _service_cpu(root / "services") - idle0) / (time.monotonic() - idle_at)
         node0, svc0, began = _node_cpu(pids), _service_cpu(root / "services"), time.monotonic()
+        idle_cpu = (node0 - idle_node + svc0 - idle_svc) / (began - idle_at)
         start = time.time() + 0.5
         outs = await run_generators(generators, str(start), 1800)
         node_cpu, svc_cpu = _node_cpu(pids) - node0, _service_cpu(root / "services") - svc0
