@@ -124,7 +124,7 @@ addStrings(
 
 const page = {
   session: null, token: null, live: null, polls: new Map(), templates: {}, stream: null, pub: null,
-  feeds: new Map(), notes: new Map(), opened: new Set(),
+  feeds: new Map(), notes: new Map(), opened: new Set(), missing: new Map(),
 };
 const sid = () => encodeURIComponent(page.session.id);
 
@@ -324,26 +324,41 @@ function onsiteForm(poll) {
   return keepOpen(h("details", {}, h("summary", {}, t("host.onsite")), form), `onsite-${poll.id}`);
 }
 
+// Who has not voted, as last loaded; kept in page state so a redraw of the poll list keeps it.
 function missingBox(poll) {
-  const list = h("ul", { class: "missing" });
-  const status = h("p", { role: "status" });
+  const list = h("ul", { class: "missing", id: `missing-${poll.id}` });
+  const status = h("p", { role: "status", id: `missing-status-${poll.id}` });
+  // Draws into the card on the page now: a redraw may have replaced this one while a request ran.
+  const show = () => {
+    const list = $(`missing-${poll.id}`);
+    const status = $(`missing-status-${poll.id}`);
+    if (!list || !status) return;
+    const { items, note } = page.missing.get(poll.id) || {};
+    list.replaceChildren(...(items || []).map((m) => h("li", {}, `${m.name} (${m.rep}) ${m.delegation || ""}`)));
+    status.textContent = note ? note[0] : "";
+    if (note) status.dataset.kind = note[1];
+  };
+  const remember = (change) => {
+    page.missing.set(poll.id, { ...(page.missing.get(poll.id) || {}), ...change });
+    show();
+  };
   const load = async () => {
     try {
       const { missing } = await api(`/api/polls/${poll.id}/missing`);
-      list.replaceChildren(...missing.map((m) => h("li", {}, `${m.name} (${m.rep}) ${m.delegation || ""}`)));
-      status.textContent = missing.length ? "" : t("host.none_missing");
-    } catch (err) { status.textContent = errorText(err); }
+      remember({ items: missing, note: missing.length ? null : [t("host.none_missing"), "ok"] });
+    } catch (err) { remember({ note: [errorText(err), "error"] }); }
   };
   const nudge = async () => {
     try {
       const { nudged } = await api(`/api/polls/${poll.id}/nudge`, { method: "POST" });
-      status.textContent = t("host.nudged", { n: nudged });
-      status.dataset.kind = "ok";
-    } catch (err) { status.textContent = errorText(err); }
+      remember({ note: [t("host.nudged", { n: nudged }), "ok"] });
+    } catch (err) { remember({ note: [errorText(err), "error"] }); }
   };
-  return keepOpen(h("details", {}, h("summary", {}, t("host.missing")),
+  const box = keepOpen(h("details", {}, h("summary", {}, t("host.missing")),
     h("div", { class: "row" }, h("button", { type: "button", onclick: load }, t("host.load_missing")),
       h("button", { type: "button", onclick: nudge }, t("host.nudge"))), list, status), `missing-${poll.id}`);
+  queueMicrotask(show);
+  return box;
 }
 
 // A <details> that stays open when the poll list is drawn again.
