@@ -155,16 +155,19 @@ class Fanout:
 
     def broadcast(self, room: Room, name: str, data: Any, *, staff_only: bool = False) -> None:
         frame = Frame(socketio_event(name, data))
-        for client in list(room.clients.values()):
-            if client.ready and (client.staff or not staff_only):
+        for client in list((room.staff if staff_only else room.clients).values()):
+            if client.ready:
                 self.deliver(client, frame)
 
     def flush(self, room: Room) -> int:
         """Send every ready client of `room` the events it has not had; returns deliveries.
         Clients at the same position share one encoded frame."""
+        target = room.last_seq
+        if room.flushed_seq == target:  # nothing new, and nobody became ready behind it
+            return 0
         frames: dict[int, tuple[Frame, int, int]] = {}  # from seq → (frame, last seq, events)
         delivered = 0
-        target = room.last_seq
+        everyone = True  # every ready client reached `target`
         deliver = self.deliver
         # No await in this loop, so the room cannot change under it: no copy of 10,000 clients.
         for client in room.clients.values():
@@ -183,6 +186,11 @@ class Fanout:
             if deliver(client, frame):
                 client.last_seq = last
                 delivered += count
+                everyone = everyone and last >= target
+            else:
+                everyone = False
+        if everyone:
+            room.flushed_seq = target
         return delivered
 
     async def run(self) -> None:

@@ -65,7 +65,9 @@ class Room:
     clients: dict[str, Client] = field(default_factory=dict)
     buffer: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=BUFFER_EVENTS))
     sizes: deque[int] = field(default_factory=lambda: deque(maxlen=BUFFER_EVENTS))  # encoded bytes
+    staff: dict[str, Client] = field(default_factory=dict)  # moderators and hosts, by sid
     waiting_since: float | None = None  # when the oldest event not yet flushed arrived
+    flushed_seq: int = -1  # every ready client has been sent up to here (-1: not known)
     open_polls: dict[int, bool] = field(default_factory=dict)  # poll id → live results
     attending: Counter[str] = field(default_factory=Counter)  # representative → connections here
     people: Counter[str] = field(default_factory=Counter)  # everyone connected here → connections
@@ -110,6 +112,10 @@ class Room:
             end += 1
         return [self.buffer[i] for i in range(start, end)]
 
+    def behind(self) -> None:
+        """A client became ready below `last_seq`: the next flush must look at every client."""
+        self.flushed_seq = -1
+
     def attendees(self) -> list[str]:
         """Representatives connected here, whose attendance this node vouches for."""
         return sorted(self.attending)
@@ -119,10 +125,16 @@ class Room:
         return len(self.people)
 
 
+EXPIRY_BUCKET_SECONDS = 60
+
+
 class Rooms:
     def __init__(self) -> None:
         self.by_session: dict[str, Room] = {}
         self.by_sid: dict[str, Client] = {}
+        # Clients by the minute their token expires, so finding the expired ones does not
+        # look at every client.
+        self._expiring: dict[int, set[str]] = {}
 
     def get(self, session_id: str) -> Room | None:
         return self.by_session.get(session_id)
@@ -133,7 +145,10 @@ class Rooms:
             room = Room(client.session_id, epoch, last_seq, state)
             self.by_session[client.session_id] = room
         room.clients[client.sid] = client
+        if client.staff:
+            room.staff[client.sid] = client
         self.by_sid[client.sid] = client
+        self._expiring.setdefault(_bucket(client.who.expires_at), set()).add(client.sid)
         room.people[client.who.rep] += 1
         if client.attends:
             room.attending[client.who.rep] += 1
@@ -143,8 +158,15 @@ class Rooms:
         client = self.by_sid.pop(sid, None)
         if client is None:
             return None
+        bucket = _bucket(client.who.expires_at)
+        sids = self._expiring.get(bucket)
+        if sids is not None:
+            sids.discard(sid)
+            if not sids:
+                del self._expiring[bucket]
         room = self.by_session.get(client.session_id)
         if room is not None:
+            room.staff.pop(sid, None)
             if room.clients.pop(sid, None) is not None:
                 _decrement(room.people, client.who.rep)
                 if client.attends:
@@ -152,6 +174,21 @@ class Rooms:
             if not room.clients:
                 del self.by_session[client.session_id]
         return client
+
+    def expired(self, now: float) -> list[Client]:
+        """Clients whose token expired before `now`."""
+        due = _bucket(now)
+        found: list[Client] = []
+        for bucket in [b for b in self._expiring if b <= due]:
+            for sid in self._expiring[bucket]:
+                client = self.by_sid.get(sid)
+                if client is not None and client.who.expires_at < now:
+                    found.append(client)
+        return found
+
+
+def _bucket(expires_at: float) -> int:
+    return int(expires_at // EXPIRY_BUCKET_SECONDS)
 
 
 def _decrement(counts: Counter[str], key: str) -> None:

@@ -373,6 +373,7 @@ class Live:
             # Ready before the queue is read: an update racing the read arrives after the full
             # list and is applied to it; one before the read is in it.
             client.ready = True
+            room.behind()
             if client.attends and room.state == "live":
                 self._attend_soon(room, client.who.rep)
             if client.staff:
@@ -410,6 +411,7 @@ class Live:
             try:
                 client.last_seq = await self._send_replay(client, room, client.last_seq)
                 client.ready = client.sid in self.rooms.by_sid
+                room.behind()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # it resumes from its seq on reconnect
@@ -805,7 +807,7 @@ class Live:
     async def _refresh_queues(self) -> None:
         """After (re)subscribing, queue updates may have been missed: send staff the full list."""
         for room in list(self.rooms.by_session.values()):
-            staff = [c for c in room.clients.values() if c.staff and c.ready]
+            staff = [c for c in room.staff.values() if c.ready]
             if not staff:
                 continue
             try:
@@ -818,13 +820,11 @@ class Live:
 
     async def _expire_tokens(self) -> None:
         self.metrics.live_clients.set(len(self.rooms.by_sid))
-        now = time.time() - self.settings.jwt_leeway
-        for client in list(self.rooms.by_sid.values()):
-            if client.who.expires_at < now:
-                try:
-                    await self.sio.disconnect(client.sid)
-                except Exception:
-                    log.exception("disconnecting %s (token expired) failed", client.sid)
+        for client in self.rooms.expired(time.time() - self.settings.jwt_leeway):
+            try:
+                await self.sio.disconnect(client.sid)
+            except Exception:
+                log.exception("disconnecting %s (token expired) failed", client.sid)
 
 
 JOIN_BATCH_SECONDS = 0.1
