@@ -71,6 +71,8 @@ class Settings:
     comment_interval: float = 5.0
     tick_interval: float = 0.1
     presence_interval: float = 1.0
+    ping_interval: float = 20.0
+    ping_timeout: float = 20.0
     max_frame_bytes: int = 64 * 1024
     client_buffer_bytes: int = 1024 * 1024
     replay_limit: int = 2000
@@ -265,6 +267,8 @@ def _validated(s: Settings) -> Settings:
         fail("tick_interval", "must be 0.005..1.0 seconds")
     if not 0.1 <= s.presence_interval <= 60:
         fail("presence_interval", "must be 0.1..60 seconds")
+    if not 1 <= s.ping_interval <= 300 or not 1 <= s.ping_timeout <= 300:
+        fail("ping_interval", "need 1 <= ping_interval <= 300 and 1 <= ping_timeout <= 300 seconds")
     if not 1024 <= s.max_frame_bytes <= 16 * 1024 * 1024:
         fail("max_frame_bytes", "must be 1 KB..16 MB")
     if s.client_buffer_bytes < 64 * 1024:

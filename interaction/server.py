@@ -170,8 +170,8 @@ class Live:
             cors_allowed_origins=origins,
             max_http_buffer_size=settings.max_frame_bytes,
             write_limit=settings.client_buffer_bytes,
-            ping_interval=20,
-            ping_timeout=20,
+            ping_interval=settings.ping_interval,
+            ping_timeout=settings.ping_timeout,
             client_manager=_Manager(self._connected),
             logger=False,
             engineio_logger=False,
@@ -250,6 +250,7 @@ class Live:
         self._spawn(self._catch_up_loop())
         self._spawn(self._attendance_loop())
         self._spawn(self.presence.run(self._expire_tokens))
+        self._spawn(self.sio.run_pings())
 
     async def disconnect_all(self, app: web.Application | None = None) -> None:
         """On shutdown, before aiohttp waits for open connections: tell every client, then

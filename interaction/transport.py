@@ -6,6 +6,12 @@ The driver turns compression off (permessage-deflate costs 2–6× CPU per messa
 broadcast sockets) and records each socket's transport, so the fan-out can write pre-built
 frames to it.
 
+Engine.IO pings each client every `ping_interval` from a task of its own per ping, through
+the client's queue and writer task. Once a client has answered a ping over a websocket, its
+next ping is instead due in a slot of one wheel, and one task writes the due pings each
+second straight to the sockets. A client that stops answering is still closed by
+Engine.IO's read timeout, as before.
+
 Left alone, python-engineio raises a text frame it cannot read out of the websocket into
 the HTTP middleware, and python-socketio logs an undecodable packet with a traceback and
 leaves the socket open without an answer. Here the sender is disconnected (it leaves its
@@ -17,10 +23,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
+import time
 from typing import Any
 
 import socketio
 from aiohttp import WSCloseCode, web
+from engineio import async_socket as eio_socket
+from engineio import exceptions as eio_exceptions
 from engineio import packet as eio_packet
 from engineio.async_drivers import aiohttp as eio_aiohttp
 from socketio import packet as sio_packet
@@ -75,15 +84,16 @@ def _readable(frame: str) -> bool:
     return 0 <= kind < len(eio_packet.packet_names)
 
 
-def websocket_frame(payload: bytes) -> bytes:
-    """An unmasked, final, binary WebSocket frame (RFC 6455 §5.2), as a server sends it."""
+def websocket_frame(payload: bytes, *, text: bool = False) -> bytes:
+    """An unmasked, final WebSocket frame (RFC 6455 §5.2), binary or text, as a server sends it."""
     size = len(payload)
+    first = 0x81 if text else 0x82
     if size < 126:
-        header = struct.pack("!BB", 0x82, size)
+        header = struct.pack("!BB", first, size)
     elif size < 1 << 16:
-        header = struct.pack("!BBH", 0x82, 126, size)
+        header = struct.pack("!BBH", first, 126, size)
     else:
-        header = struct.pack("!BBQ", 0x82, 127, size)
+        header = struct.pack("!BBQ", first, 127, size)
     return header + payload
 
 
@@ -96,6 +106,8 @@ class Server(socketio.AsyncServer):  # type: ignore[misc]
         self.websockets: dict[str, WebSocket] = {}  # by Engine.IO sid
         self.transports: dict[str, asyncio.Transport] = {}  # theirs, for the fan-out's writes
         self.write_limit = write_limit  # bytes a socket may hold unsent and still be written to
+        self._due: dict[int, list[Any]] = {}  # monotonic second → Engine.IO sockets to ping then
+        self._pinging = False
         # The driver table is a module's dict, shared by every server: replace it on this one.
         self.eio._async = {**self.eio._async, "websocket": self._websocket}
 
@@ -109,10 +121,10 @@ class Server(socketio.AsyncServer):  # type: ignore[misc]
             return
         await super()._send_packet(eio_sid, pkt)
 
-    def write_now(self, eio_sid: str, payload: bytes) -> bool:
-        """Write one binary message straight to a websocket client's transport when nothing
-        of its waits in Engine.IO's queue and its socket buffer is under `write_limit`;
-        False, with nothing written, otherwise."""
+    def write_now(self, eio_sid: str, payload: bytes, *, text: bool = False) -> bool:
+        """Write one message straight to a websocket client's transport when nothing of its
+        waits in Engine.IO's queue and its socket buffer is under `write_limit`; False, with
+        nothing written, otherwise."""
         transport = self.transports.get(eio_sid)
         socket = self.eio.sockets.get(eio_sid)
         if (
@@ -127,8 +139,45 @@ class Server(socketio.AsyncServer):  # type: ignore[misc]
             or transport.get_write_buffer_size() > self.write_limit
         ):
             return False
-        transport.write(websocket_frame(payload))
+        transport.write(websocket_frame(payload, text=text))
         return True
+
+    def answered(self, socket: Any) -> None:
+        """A websocket client answered a ping: its next one goes on the wheel, in the slot of
+        the whole second before it is due (never late: a client waits for it at most
+        `ping_interval + ping_timeout`). Engine.IO's own rescheduling, which runs next, then
+        finds no ping outstanding and does nothing."""
+        if self._pinging and socket.last_ping:
+            socket.last_ping = None
+            due = int(time.monotonic() + self.eio.ping_interval)
+            self._due.setdefault(due, []).append(socket)
+
+    async def run_pings(self) -> None:
+        """Write the pings that fall due, at each whole second, until cancelled."""
+        self._pinging = True
+        slot = int(time.monotonic()) + 1  # the next slot to write
+        try:
+            while True:
+                await asyncio.sleep(slot - time.monotonic())
+                now = int(time.monotonic())
+                while slot <= now:
+                    for socket in self._due.pop(slot, ()):
+                        self._ping(socket)
+                    slot += 1
+        finally:
+            self._pinging = False
+            for sockets in self._due.values():  # back to Engine.IO's own pings
+                for socket in sockets:
+                    socket.last_ping = time.time()
+                    socket.schedule_ping()
+            self._due.clear()
+
+    def _ping(self, socket: Any) -> None:
+        if socket.closing or socket.closed:
+            return
+        socket.last_ping = time.time()
+        if not self.write_now(socket.sid, b"2", text=True):
+            socket.queue.put_nowait(eio_packet.Packet(eio_packet.PING))
 
     async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
         try:
@@ -148,6 +197,34 @@ class Server(socketio.AsyncServer):  # type: ignore[misc]
             await websocket.end()
 
 
+class _Socket(eio_socket.AsyncSocket):  # type: ignore[misc]
+    """Engine.IO's socket, whose writer waits for packets without a timeout once it is on a
+    websocket. Engine.IO's own waits at most `ping_interval + ping_timeout`, a task and a
+    timer each time, and ends the socket if nothing was queued in that time, which pings
+    written from the wheel no longer are. A client gone silent is ended by the read loop's
+    timeout, which then ends the writer."""
+
+    async def poll(self) -> list[Any]:
+        if not self.upgraded:
+            return list(await super().poll())
+        try:
+            first = await self.queue.get()
+        except asyncio.CancelledError:  # as Engine.IO's: the writer stops
+            raise eio_exceptions.QueueEmpty() from None
+        self.queue.task_done()
+        if first is None:
+            return []
+        packets = [first]
+        while not self.queue.empty():
+            pkt = self.queue.get_nowait()
+            self.queue.task_done()
+            if pkt is None:
+                self.queue.put_nowait(None)
+                break
+            packets.append(pkt)
+        return packets
+
+
 class WebSocket(eio_aiohttp.WebSocket):  # type: ignore[misc]
     """Engine.IO's aiohttp WebSocket driver without compression, its transport recorded,
     refusing text frames Engine.IO cannot read, and which the server can end."""
@@ -155,7 +232,10 @@ class WebSocket(eio_aiohttp.WebSocket):  # type: ignore[misc]
     def __init__(self, handler: Any, eio: Any, server: Server) -> None:
         super().__init__(handler, eio)
         self.owner = server
-        self.sid: str = handler.__self__.sid  # the handler is the Engine.IO socket's read loop
+        socket = handler.__self__  # the handler is the Engine.IO socket's read loop
+        self.sid: str = socket.sid
+        if type(socket) is eio_socket.AsyncSocket:
+            socket.__class__ = _Socket
 
     async def __call__(self, environ: dict[str, Any]) -> web.WebSocketResponse:
         request: web.Request = environ["aiohttp.request"]
@@ -205,7 +285,28 @@ class WebSocket(eio_aiohttp.WebSocket):  # type: ignore[misc]
             if isinstance(frame, str) and not _readable(frame):
                 await self.owner.refuse(self.sid, f"not an Engine.IO packet: {frame[:20]!r}")
                 return None
-            return frame
+            text: str | bytes = frame
+            if text == "3" and socket.upgraded:  # a pong
+                self.owner.answered(socket)
+            return text
+
+    async def send(self, message: str | bytes) -> None:
+        """Engine.IO's writer task sends through here: each frame is written to the transport
+        at once, as the fan-out writes, unless the socket holds more than `write_limit`
+        unsent; then aiohttp's writer takes it and waits for the socket to drain."""
+        transport = self.owner.transports.get(self.sid)
+        if (
+            transport is not None
+            and not self._sock.closed
+            and not transport.is_closing()
+            and transport.get_write_buffer_size() <= self.owner.write_limit
+        ):
+            if isinstance(message, str):
+                transport.write(websocket_frame(message.encode(), text=True))
+            else:
+                transport.write(websocket_frame(message))
+            return
+        await super().send(message)
 
     async def end(self) -> None:
         if self._sock is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import pickle
@@ -282,6 +283,50 @@ async def test_a_garbage_text_frame_ends_only_that_socket_cleanly(
             await ws.send_str(frame)
             assert await receive(ws, lambda p: False, 3) == {"closed": aiohttp.WSMsgType.CLOSE}
             await bystander.wait(lambda: bystander.presence[-1] == 1, 5)
+    assert errors(caplog) == []
+
+
+async def test_a_client_that_stops_answering_pings_is_let_go(
+    auth: Any, db: Any, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A half-open client cannot hold its place: pings keep coming to a client that answers
+    them, and one that stops answering is closed within the ping interval and timeout and
+    leaves the room, while the one that answers stays."""
+    settings = settings.replace(ping_interval=1, ping_timeout=1)
+    async with TestClient(TestServer(create_app(settings))) as client, aiohttp.ClientSession() as http:
+        await open_session(client, auth, db)
+        live = await joined(http, client, mint_token(settings, rep="R1"))
+        silent = await joined(http, client, mint_token(settings, rep="R2"))
+        pings, online = 0, []
+
+        async def answer(seconds: float) -> None:
+            nonlocal pings
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(seconds):
+                    while True:
+                        message = await live.receive()
+                        assert message.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY), message
+                        if message.data == "2":
+                            pings += 1
+                            await live.send_str("3")
+                        elif message.type == aiohttp.WSMsgType.BINARY:
+                            got = msgpack.unpackb(message.data, strict_map_key=False)
+                            if got["type"] == EVENT and got["data"][0] == "presence":
+                                online.append(got["data"][1]["online"])
+
+        answering = asyncio.create_task(answer(6))
+        started = time.monotonic()
+        while (message := await silent.receive(timeout=10)).type == aiohttp.WSMsgType.TEXT or (
+            message.type == aiohttp.WSMsgType.BINARY
+        ):
+            pass  # reads, but never answers a ping
+        silent_for = time.monotonic() - started
+        await answering
+        assert message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED), message
+        assert silent_for < 5, silent_for  # interval 1 s + timeout 1 s, with room for a slow machine
+        assert pings >= 4, pings  # about one a second for 6 s
+        assert not live.closed
+        assert online[-1:] == [1], online  # the silent one left the room
     assert errors(caplog) == []
 
 
