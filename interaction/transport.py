@@ -6,11 +6,13 @@ The driver turns compression off (permessage-deflate costs 2–6× CPU per messa
 broadcast sockets) and records each socket's transport, so the fan-out can write pre-built
 frames to it.
 
-Engine.IO pings each client every `ping_interval` from a task of its own per ping, through
-the client's queue and writer task. Once a client has answered a ping over a websocket, its
-next ping is instead due in a slot of one wheel, and one task writes the due pings each
-second straight to the sockets. A client that stops answering is still closed by
-Engine.IO's read timeout, as before.
+Holding many idle clients is made cheap. Engine.IO pings each client every `ping_interval`
+from a task of its own per ping, through the client's queue and writer task, and its read
+loop starts a task and a timer for every frame it waits for. Here, once a websocket client
+has answered a ping, its next one is due in a slot of one wheel, whose task writes the due
+pings each second straight to the sockets and ends those that left a ping unanswered past
+`ping_timeout`; the read loop waits for frames without a timer, and pongs and Socket.IO
+messages are handled as they are read.
 
 Left alone, python-engineio raises a text frame it cannot read out of the websocket into
 the HTTP middleware, and python-socketio logs an undecodable packet with a traceback and
@@ -21,6 +23,7 @@ room), its websocket gets a close frame, and the node logs one warning.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import struct
 import time
@@ -106,8 +109,8 @@ class Server(socketio.AsyncServer):  # type: ignore[misc]
         self.websockets: dict[str, WebSocket] = {}  # by Engine.IO sid
         self.transports: dict[str, asyncio.Transport] = {}  # theirs, for the fan-out's writes
         self.write_limit = write_limit  # bytes a socket may hold unsent and still be written to
-        self._due: dict[int, list[Any]] = {}  # monotonic second → Engine.IO sockets to ping then
-        self._pinging = False
+        self._due: dict[int, list[tuple[_Socket, int]]] = {}  # monotonic second → PING/CHECK due then
+        self.pinging = False
         # The driver table is a module's dict, shared by every server: replace it on this one.
         self.eio._async = {**self.eio._async, "websocket": self._websocket}
 
@@ -142,42 +145,72 @@ class Server(socketio.AsyncServer):  # type: ignore[misc]
         transport.write(websocket_frame(payload, text=text))
         return True
 
-    def answered(self, socket: Any) -> None:
+    def watch(self, socket: _Socket) -> None:
+        """A websocket client's read loop started: if no ping of it is answered from now on,
+        the socket is ended within `ping_interval + ping_timeout` (and a second)."""
+        if self.pinging:
+            self._at(time.monotonic() + self.eio.ping_interval + self.eio.ping_timeout + 1, socket, CHECK)
+
+    def answered(self, socket: _Socket) -> None:
         """A websocket client answered a ping: its next one goes on the wheel, in the slot of
         the whole second before it is due (never late: a client waits for it at most
-        `ping_interval + ping_timeout`). Engine.IO's own rescheduling, which runs next, then
-        finds no ping outstanding and does nothing."""
-        if self._pinging and socket.last_ping:
+        `ping_interval + ping_timeout`). Engine.IO's own rescheduling then finds no ping
+        outstanding and does nothing."""
+        if self.pinging and socket.last_ping:
             socket.last_ping = None
-            due = int(time.monotonic() + self.eio.ping_interval)
-            self._due.setdefault(due, []).append(socket)
+            if socket.ping_due is None:
+                socket.ping_due = self._at(time.monotonic() + self.eio.ping_interval, socket, PING)
+
+    def _at(self, when: float, socket: _Socket, what: int) -> int:
+        slot = int(when)
+        self._due.setdefault(slot, []).append((socket, what))
+        return slot
 
     async def run_pings(self) -> None:
-        """Write the pings that fall due, at each whole second, until cancelled."""
-        self._pinging = True
-        slot = int(time.monotonic()) + 1  # the next slot to write
+        """Write the pings that fall due and end the sockets that did not answer theirs, at
+        each whole second, until cancelled."""
+        self.pinging = True
+        slot = int(time.monotonic()) + 1  # the next slot to run
         try:
             while True:
                 await asyncio.sleep(slot - time.monotonic())
                 now = int(time.monotonic())
                 while slot <= now:
-                    for socket in self._due.pop(slot, ()):
-                        self._ping(socket)
+                    for socket, what in self._due.pop(slot, ()):
+                        if what == PING:
+                            socket.ping_due = None
+                            self._ping(socket)
+                        else:
+                            self._check(socket)
                     slot += 1
         finally:
-            self._pinging = False
-            for sockets in self._due.values():  # back to Engine.IO's own pings
-                for socket in sockets:
-                    socket.last_ping = time.time()
-                    socket.schedule_ping()
+            self.pinging = False
+            for entries in self._due.values():  # back to Engine.IO's own pings
+                for socket, what in entries:
+                    if what == PING:
+                        socket.ping_due = None
+                        socket.last_ping = time.time()
+                        socket.schedule_ping()
             self._due.clear()
 
-    def _ping(self, socket: Any) -> None:
+    def _ping(self, socket: _Socket) -> None:
         if socket.closing or socket.closed:
             return
         socket.last_ping = time.time()
         if not self.write_now(socket.sid, b"2", text=True):
             socket.queue.put_nowait(eio_packet.Packet(eio_packet.PING))
+        self._at(time.monotonic() + self.eio.ping_timeout + 1, socket, CHECK)
+
+    def _check(self, socket: _Socket) -> None:
+        """End a websocket whose client left a ping unanswered past `ping_timeout` (or whose
+        Engine.IO socket was closed meanwhile): its read loop then ends and cleans up."""
+        late = socket.last_ping and time.time() - socket.last_ping > self.eio.ping_timeout
+        if not (late or socket.closed):
+            return
+        transport = self.transports.get(socket.sid)
+        if transport is not None and not transport.is_closing():
+            log.info("live connection %s did not answer its ping; closing it", socket.sid)
+            transport.abort()
 
     async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
         try:
@@ -197,12 +230,89 @@ class Server(socketio.AsyncServer):  # type: ignore[misc]
             await websocket.end()
 
 
+PING, CHECK = 0, 1  # what the ping wheel does with a socket in a slot
+
+
 class _Socket(eio_socket.AsyncSocket):  # type: ignore[misc]
-    """Engine.IO's socket, whose writer waits for packets without a timeout once it is on a
-    websocket. Engine.IO's own waits at most `ping_interval + ping_timeout`, a task and a
-    timer each time, and ends the socket if nothing was queued in that time, which pings
-    written from the wheel no longer are. A client gone silent is ended by the read loop's
-    timeout, which then ends the writer."""
+    """Engine.IO's socket, with its websocket loops (python-engineio 4's
+    `AsyncSocket._websocket_handler`) made cheap for many idle clients:
+
+    - the read loop waits for frames without a task and a timer per frame; the server's
+      ping wheel ends a client that leaves a ping unanswered (or, with no wheel running, a
+      timeout as Engine.IO's: no frame in `ping_interval + ping_timeout`);
+    - the writer waits for packets without a timeout: Engine.IO's ends the socket when
+      nothing was queued for that long, and pings written from the wheel are not queued.
+    """
+
+    ping_due: int | None = None  # the wheel slot of this socket's next ping
+    connected: bool
+    upgrading: bool
+    upgraded: bool
+
+    async def _websocket_handler(self, ws: WebSocket) -> None:
+        if self.connected:  # an upgrade from long-polling: the probe, then UPGRADE
+            self.upgrading = True
+            probe = await ws.wait()
+            decoded = eio_packet.Packet(encoded_packet=probe) if isinstance(probe, str) else None
+            if decoded is None or decoded.packet_type != eio_packet.PING or decoded.data != "probe":
+                self.upgrading = False
+                return
+            await ws.send(eio_packet.Packet(eio_packet.PONG, data="probe").encode())
+            await self.queue.put(eio_packet.Packet(eio_packet.NOOP))  # ends the pending poll
+            upgrade = await ws.wait()
+            decoded = eio_packet.Packet(encoded_packet=upgrade) if isinstance(upgrade, str) else None
+            if decoded is None or decoded.packet_type != eio_packet.UPGRADE:
+                self.upgraded = False
+                self.upgrading = False
+                return
+            self.upgraded = True
+            self.upgrading = False
+        else:
+            self.connected = True
+            self.upgraded = True
+
+        async def writer() -> None:
+            while True:
+                try:
+                    packets = await self.poll()
+                except eio_exceptions.QueueEmpty:
+                    break
+                if not packets:
+                    break
+                try:
+                    for pkt in packets:
+                        await ws.send(pkt.encode())
+                except Exception:  # the connection is gone: so is the writer
+                    break
+            with contextlib.suppress(Exception):  # kept by the response, seen when it ends
+                await ws.close()
+
+        writer_task = asyncio.ensure_future(writer())
+        owner = ws.owner
+        owner.watch(self)
+        silence = self.server.ping_interval + self.server.ping_timeout
+        try:
+            while True:
+                try:
+                    frame = await (ws.wait() if owner.pinging else asyncio.wait_for(ws.wait(), silence))
+                except (TimeoutError, asyncio.CancelledError):
+                    # aiohttp cancels the handler of a connection that was lost; as Engine.IO's
+                    # loop, end it normally so the response is closed and cleaned below.
+                    break
+                if frame is None:
+                    break
+                try:
+                    await self.receive(eio_packet.Packet(encoded_packet=frame))
+                except eio_exceptions.UnknownPacketError:
+                    pass
+                except eio_exceptions.SocketIsClosedError:
+                    break
+                except Exception:  # as Engine.IO's: log it, end the connection properly
+                    log.exception("live packet from %s failed", self.sid)
+        finally:
+            self.queue.put_nowait(None)  # ends the writer
+            await writer_task
+            await self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_CLOSE)
 
     async def poll(self) -> list[Any]:
         if not self.upgraded:
@@ -247,7 +357,8 @@ class WebSocket(eio_aiohttp.WebSocket):  # type: ignore[misc]
         if request.transport is not None:
             owner.transports[sid] = request.transport
         try:
-            await self.handler(self)
+            socket = self.handler.__self__
+            await (socket._websocket_handler(self) if isinstance(socket, _Socket) else self.handler(self))
         finally:
             owner.transports.pop(sid, None)
             if owner.websockets.get(sid) is self:
@@ -265,29 +376,29 @@ class WebSocket(eio_aiohttp.WebSocket):  # type: ignore[misc]
         return self._sock
 
     async def wait(self) -> str | bytes | None:
-        """The next frame for Engine.IO's read loop. Binary frames on an upgraded socket are
-        Socket.IO messages: they are handed to the server here, as that loop would, without
-        its task and timer per frame; the loop still gets every text frame (pongs come every
-        ping interval, so its timeout keeps working) and the end."""
-        # None ends Engine.IO's read loop as an exception would, but an exception would stay
-        # in the read task with its frames, which hold that task: a cycle per connection.
-        socket, receive = self.handler.__self__, self._sock.receive
+        """The next frame for the read loop. Binary frames on an upgraded socket are Socket.IO
+        messages: they are handed to the server here, as that loop would. Pongs go to the ping
+        wheel while it runs. The loop gets the other text frames, and None at the end."""
+        # None ends the read loop as an exception would, but an exception would stay in the
+        # read task with its frames, which hold that task: a cycle per connection.
+        socket, receive, owner = self.handler.__self__, self._sock.receive, self.owner
         while True:
             frame = (await receive()).data
             if isinstance(frame, bytes) and socket.upgraded and not socket.closed:
                 try:
-                    await self.owner._handle_eio_message(self.sid, frame)
+                    await owner._handle_eio_message(self.sid, frame)
                 except Exception:  # as Engine.IO's loop does: log it, keep reading
                     log.exception("live message from %s failed", self.sid)
                 continue
             if not isinstance(frame, str | bytes):  # closed, or failed
                 return None
             if isinstance(frame, str) and not _readable(frame):
-                await self.owner.refuse(self.sid, f"not an Engine.IO packet: {frame[:20]!r}")
+                await owner.refuse(self.sid, f"not an Engine.IO packet: {frame[:20]!r}")
                 return None
             text: str | bytes = frame
-            if text == "3" and socket.upgraded:  # a pong
-                self.owner.answered(socket)
+            if text == "3" and socket.upgraded and owner.pinging and isinstance(socket, _Socket):
+                owner.answered(socket)  # a pong
+                continue
             return text
 
     async def send(self, message: str | bytes) -> None:
