@@ -227,7 +227,17 @@ class Server(socketio.AsyncServer):  # type: ignore[misc]
             self._due.clear()
 
     def _ping(self, socket: _Socket) -> None:
-        if socket.closing or socket.closed:
+        if socket.closing or socket.closed:  # its websocket ends soon, or the check ends it
+            self._at(time.monotonic() + self.eio.ping_timeout + 1, socket, CHECK)
+            return
+        if self.manager.sid_from_eio_sid(socket.sid, "/") is None:
+            # It answers pings but is not in the live channel: it never joined in a whole ping
+            # interval, or the node disconnected it and it did not go. It holds a socket for
+            # nothing; stock clients close the connection themselves.
+            transport = self.transports.get(socket.sid)
+            if transport is not None and not transport.is_closing():
+                log.info("live connection %s is in no channel; ending it", socket.sid)
+                transport.abort()
             return
         socket.last_ping = time.time()
         if not self.write_now(socket.sid, b"2", text=True):
@@ -242,7 +252,8 @@ class Server(socketio.AsyncServer):  # type: ignore[misc]
             return
         transport = self.transports.get(socket.sid)
         if transport is not None and not transport.is_closing():
-            log.info("live connection %s did not answer its ping; closing it", socket.sid)
+            why = "left its ping unanswered" if late else "kept its websocket open after it was closed"
+            log.info("live connection %s %s; ending it", socket.sid, why)
             transport.abort()
 
     async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:

@@ -38,7 +38,7 @@ pytestmark = [pytest.mark.security, pytest.mark.asyncio(loop_scope="session")]
 SESSION = "sec-1"
 REPS = [("R1", "王伟"), ("R2", "李娜"), ("R3", "张强"), ("R4", "赵敏")]
 SOCKET = "/socket.io/?EIO=4&transport=websocket"
-CONNECT, EVENT, ACK, CONNECT_ERROR = 0, 2, 3, 4
+CONNECT, DISCONNECT, EVENT, ACK, CONNECT_ERROR = 0, 1, 2, 3, 4
 
 
 @pytest.fixture
@@ -327,6 +327,39 @@ async def test_a_client_that_stops_answering_pings_is_let_go(
         assert pings >= 4, pings  # about one a second for 6 s
         assert not live.closed
         assert online[-1:] == [1], online  # the silent one left the room
+    assert errors(caplog) == []
+
+
+async def test_a_connection_outside_the_live_channel_does_not_keep_its_socket(
+    auth: Any, db: Any, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A websocket that answers pings but never joins the channel, and one the node
+    disconnected (its token expired) that ignores it and stays, are both ended at their next
+    ping: nobody holds a socket on a node without being in a session."""
+    settings = settings.replace(ping_interval=1, ping_timeout=1, jwt_leeway=0)
+    async with TestClient(TestServer(create_app(settings))) as client, aiohttp.ClientSession() as http:
+        await open_session(client, auth, db)
+
+        async def held(ws: aiohttp.ClientWebSocketResponse) -> tuple[float, list[Any]]:
+            """How long the node keeps the socket of a client that answers every ping and
+            ignores everything else, and what it was sent."""
+            started, got = time.monotonic(), []
+            data = (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY)
+            async with asyncio.timeout(15):
+                while (message := await ws.receive()).type in data:
+                    if message.data == "2":
+                        await ws.send_str("3")
+                    elif message.type == aiohttp.WSMsgType.BINARY:
+                        got.append(msgpack.unpackb(message.data, strict_map_key=False))
+            return time.monotonic() - started, got
+
+        silent = await http.ws_connect(str(client.make_url(SOCKET)))
+        assert (await silent.receive(timeout=5)).data.startswith("0")  # open, and never a CONNECT
+        expiring = await joined(http, client, mint_token(settings, rep="R1", ttl=2))
+        (never_joined, _), (expired, sent) = await asyncio.gather(held(silent), held(expiring))
+        assert never_joined < 6, never_joined  # a ping interval to join, then the next ping
+        assert any(p["type"] == DISCONNECT for p in sent), sent  # the node disconnected it first
+        assert expired < 9, expired  # the token's 2 s, then a ping interval or two
     assert errors(caplog) == []
 
 
