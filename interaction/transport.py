@@ -165,18 +165,21 @@ class Server(socketio.AsyncServer):  # type: ignore[misc]
         socket = self.eio.sockets.get(eio_sid)
         if (
             transport is None
+            or not self.takes(transport)
             or socket is None
             or socket.closing
             or socket.closed
             or not socket.upgraded
             or socket.upgrading
             or not socket.queue.empty()
-            or transport.is_closing()
-            or transport.get_write_buffer_size() > self.write_limit
         ):
             return False
         transport.write(websocket_frame(payload, text=text))
         return True
+
+    def takes(self, transport: asyncio.Transport) -> bool:
+        """Whether a frame may be written to `transport` now: open, and under `write_limit`."""
+        return not transport.is_closing() and transport.get_write_buffer_size() <= self.write_limit
 
     def watch(self, socket: _Socket) -> None:
         """A websocket client's read loop started: if no ping of it is answered from now on,
@@ -234,10 +237,7 @@ class Server(socketio.AsyncServer):  # type: ignore[misc]
             # It answers pings but is not in the live channel: it never joined in a whole ping
             # interval, or the node disconnected it and it did not go. It holds a socket for
             # nothing; stock clients close the connection themselves.
-            transport = self.transports.get(socket.sid)
-            if transport is not None and not transport.is_closing():
-                log.info("live connection %s is in no channel; ending it", socket.sid)
-                transport.abort()
+            self._end(socket, "is in no channel")
             return
         socket.last_ping = time.time()
         if not self.write_now(socket.sid, b"2", text=True):
@@ -248,11 +248,15 @@ class Server(socketio.AsyncServer):  # type: ignore[misc]
         """End a websocket whose client left a ping unanswered past `ping_timeout` (or whose
         Engine.IO socket was closed meanwhile): its read loop then ends and cleans up."""
         late = socket.last_ping and time.time() - socket.last_ping > self.eio.ping_timeout
-        if not (late or socket.closed):
-            return
+        if late:
+            self._end(socket, "left its ping unanswered")
+        elif socket.closed:
+            self._end(socket, "kept its websocket open after it was closed")
+
+    def _end(self, socket: _Socket, why: str) -> None:
+        """Abort a websocket client's connection: its read loop ends and cleans up."""
         transport = self.transports.get(socket.sid)
         if transport is not None and not transport.is_closing():
-            why = "left its ping unanswered" if late else "kept its websocket open after it was closed"
             log.info("live connection %s %s; ending it", socket.sid, why)
             transport.abort()
 
@@ -450,12 +454,7 @@ class WebSocket(eio_aiohttp.WebSocket):  # type: ignore[misc]
         at once, as the fan-out writes, unless the socket holds more than `write_limit`
         unsent; then aiohttp's writer takes it and waits for the socket to drain."""
         transport = self.owner.transports.get(self.sid)
-        if (
-            transport is not None
-            and not self._sock.closed
-            and not transport.is_closing()
-            and transport.get_write_buffer_size() <= self.owner.write_limit
-        ):
+        if transport is not None and not self._sock.closed and self.owner.takes(transport):
             if isinstance(message, str):
                 transport.write(websocket_frame(message.encode(), text=True))
             else:
