@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import resource
@@ -29,12 +30,11 @@ from typing import Any
 
 import asyncpg
 import psutil
-import socketio
 
 from config.auth import Role, mint_token
 from config.services import EmbeddedServices, free_port
 from config.settings import Settings
-from interaction.loadgen import Tally, ViewerProtocol, close_client, connect_viewers
+from interaction.loadgen import Tally, ViewerProtocol, connect_viewers
 from recorder.migrate import migrate
 
 SESSION = "bench"
@@ -168,14 +168,15 @@ def _report(
     label: str,
     clients: int,
     nodes: int,
-    published: int,
+    published: dict[str, Any],
     tally: Tally,
     viewers: list[ViewerProtocol],
     final_seq: int,
-    start_seq: dict[int, int],
     elapsed: float,
     cpu: float,
 ) -> dict[str, Any]:
+    """The figures of one system's run; `published` is the publisher's report."""
+    sent = {int(k): float(v) for k, v in published["sent"]}
     missing = sum(max(0, final_seq - v.seq) for v in viewers)
     deliveries = tally.events
     return {
@@ -183,11 +184,12 @@ def _report(
         "clients": clients,
         "connected": tally.connected,
         "nodes": nodes,
-        "published": published,
+        "published": published["published"],
         "deliveries": deliveries,
         "deliveries_per_s": round(deliveries / elapsed, 1) if elapsed else 0,
         "deliveries_per_cpu_s": round(deliveries / cpu, 1) if cpu else None,
-        "latency_ms": percentiles(tally.latencies),
+        "latency_ms": percentiles(tally.latencies(sent)),
+        "handled_latency_ms": percentiles(tally.latencies(sent, handled=True)),
         "lost": tally.lost + missing,
         "duplicated": tally.duplicated,
         "out_of_order": tally.out_of_order,
@@ -199,7 +201,6 @@ def _report(
 async def _viewers(
     urls: list[str],
     auths: list[dict[str, Any]],
-    sent_at: dict[int, float],
     sample_every: int,
     progress: Callable[[str, int, int], None],
 ) -> tuple[Tally, list[ViewerProtocol]]:
@@ -209,10 +210,48 @@ async def _viewers(
         auths,
         tally,
         sample_every=sample_every,
-        sent_at=sent_at,
         progress=lambda done: progress("connecting", done, len(auths)),
     )
+    # The viewers live until the end: out of the collector's way, as the node does with its own.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100)
     return tally, viewers
+
+
+async def start_publisher(job: dict[str, Any]) -> asyncio.subprocess.Process:
+    """The writer and moderator (or the baseline's publisher) in their own process
+    (interaction.commentgen), connected and waiting for `go`. Like PostgreSQL and Valkey it
+    may run on any CPU: pinned beside the viewers, its approvals would wait for their core."""
+    gen = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "interaction.commentgen",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        limit=64 * 1024 * 1024,  # the report is one line with every approval's time
+        preexec_fn=pin_to(set(range(os.cpu_count() or 1))),
+    )
+    assert gen.stdin is not None and gen.stdout is not None
+    gen.stdin.write(json.dumps(job).encode() + b"\n")
+    await gen.stdin.drain()
+    line = await asyncio.wait_for(gen.stdout.readline(), 60)
+    if line.strip() != b"ready":
+        raise RuntimeError(f"the comment publisher failed to connect: {line!r}")
+    return gen
+
+
+async def publish(
+    gen: asyncio.subprocess.Process, duration: float, label: str, progress: Callable[[str, int, int], None]
+) -> dict[str, Any]:
+    """Starts the publisher and waits for its report: {"attempted", "published", "sent"}."""
+    began = time.monotonic()
+    report = asyncio.ensure_future(run_generators([gen], f"{time.time():.3f}", duration + 300))
+    while not report.done():
+        progress(label, min(int(time.monotonic() - began), int(duration)), int(duration))
+        await asyncio.wait([report], timeout=1.0)
+    await gen.wait()
+    return report.result()[0]
 
 
 async def _fanout_delay(urls: list[str]) -> dict[str, float | None]:
@@ -289,36 +328,17 @@ async def run_tribune(
         )
         for url in urls:
             await wait_http(url + "/readyz")
-        sent_at: dict[int, float] = {}
         auths = [
             {"token": mint_token(settings, rep=f"B{i}", ttl=3 * 3600), "session": SESSION, "since": None}
             for i in range(clients)
         ]
-        tally, viewers = await _viewers(urls, auths, sent_at, sample_every, progress)
-
-        writer = socketio.AsyncClient(serializer="msgpack", reconnection=False)
-        moderator = socketio.AsyncClient(serializer="msgpack", reconnection=False)
-        for client, rep, roles in (
-            (writer, "W1", (Role.REPRESENTATIVE,)),
-            (moderator, "M1", (Role.MODERATOR,)),
-        ):
-            token = mint_token(settings, rep=rep, roles=roles, ttl=3 * 3600)
-            await client.connect(
-                urls[0], auth={"token": token, "session": SESSION, "since": None}, transports=["websocket"]
-            )
-        published = 0
-
-        async def one(n: int) -> None:
-            nonlocal published
-            sent = await writer.call(
-                "comment.send", {"text": f"bench comment {n} " + "字" * 40, "key": f"c{n}"}, timeout=30
-            )
-            comment = sent["comment"]["id"]
-            sent_at[comment] = time.time()
-            ack = await moderator.call("moderate", {"comment": comment, "action": "approve"}, timeout=30)
-            if ack.get("ok"):
-                published += 1
-
+        tally, viewers = await _viewers(urls, auths, sample_every, progress)
+        tokens = [
+            mint_token(settings, rep=rep, roles=roles, ttl=3 * 3600)
+            for rep, roles in (("W1", (Role.REPRESENTATIVE,)), ("M1", (Role.MODERATOR,)))
+        ]
+        job = {"mode": "tribune", "url": urls[0], "tokens": tokens, "session": SESSION}
+        gen = await start_publisher({**job, "rate": rate, "duration": duration, "wait": 60})
         pids = [p.pid for p in procs]
         cpu0, t0, events0, own0 = (
             cpu_seconds(pids),
@@ -326,23 +346,14 @@ async def run_tribune(
             tally.events,
             cpu_seconds([os.getpid()]),
         )
-        tasks = []
-        n = 0
-        while time.monotonic() - t0 < duration:
-            tasks.append(asyncio.create_task(one(n)))
-            n += 1
-            progress("publishing", int(time.monotonic() - t0), int(duration))
-            await asyncio.sleep(max(0.0, t0 + n / rate - time.monotonic()))
-        await asyncio.gather(*tasks, return_exceptions=True)
+        out = await publish(gen, duration, "publishing", progress)
         final_seq = int(await conn.fetchval("SELECT last_seq FROM sessions WHERE id = $1", SESSION))
         await _drain(viewers, final_seq, 30)
         elapsed, cpu = time.monotonic() - t0, cpu_seconds(pids) - cpu0
         tally.events -= events0
-        report = _report("tribune", clients, nodes, published, tally, viewers, final_seq, {}, elapsed, cpu)
-        report["load_generator_cpu_s"] = round(cpu_seconds([os.getpid()]) - own0, 2)
+        report = _report("tribune", clients, nodes, out, tally, viewers, final_seq, elapsed, cpu)
+        report["load_generator_cpu_s"] = round(cpu_seconds([os.getpid()]) - own0 + out["cpu_s"], 2)
         report["node_fanout_delay_ms"] = await _fanout_delay(urls)
-        for client in (writer, moderator):
-            await close_client(client)
         for viewer in viewers:
             viewer._close()
         await conn.close()
@@ -369,37 +380,18 @@ async def run_baseline(
     try:
         url = f"http://127.0.0.1:{port}"
         await wait_http(url + "/socket.io/?EIO=4&transport=polling")
-        sent_at: dict[int, float] = {}
         auths = [{"token": "-", "session": SESSION, "since": None} for _ in range(clients)]
-        tally, viewers = await _viewers([url], auths, sent_at, sample_every, progress)
-        publisher = socketio.AsyncClient(serializer="msgpack", reconnection=False)
-        await publisher.connect(url, transports=["websocket"])
-        published = 0
-
-        async def one(n: int) -> None:
-            nonlocal published
-            sent_at[n] = time.time()
-            try:
-                ack = await publisher.call("publish", {"id": n, "text": f"bench comment {n}"}, timeout=120)
-            except socketio.exceptions.TimeoutError:
-                return  # the baseline fell behind: not published within the run
-            if ack.get("ok"):
-                published += 1
-
+        tally, viewers = await _viewers([url], auths, sample_every, progress)
+        job = {"mode": "baseline", "url": url, "session": SESSION}
+        gen = await start_publisher({**job, "rate": rate, "duration": duration, "wait": 30})
         cpu0, t0, events0, own0 = (
             cpu_seconds([proc.pid]),
             time.monotonic(),
             tally.events,
             cpu_seconds([os.getpid()]),
         )
-        tasks = []
-        n = 0
-        while time.monotonic() - t0 < duration:
-            n += 1
-            tasks.append(asyncio.create_task(one(n)))
-            progress("baseline", int(time.monotonic() - t0), int(duration))
-            await asyncio.sleep(max(0.0, t0 + n / rate - time.monotonic()))
-        await asyncio.wait(tasks, timeout=30)
+        out = await publish(gen, duration, "baseline", progress)
+        n = int(out["attempted"])
         await _drain(viewers, n, 30)
         elapsed, cpu = time.monotonic() - t0, cpu_seconds([proc.pid]) - cpu0
         tally.events -= events0
@@ -407,17 +399,14 @@ async def run_baseline(
             "baseline: python-socketio emit(room) per event",
             clients,
             1,
-            published,
+            out,
             tally,
             viewers,
             n,
-            {},
             elapsed,
             cpu,
         )
-        report["load_generator_cpu_s"] = round(cpu_seconds([os.getpid()]) - own0, 2)
-        with contextlib.suppress(Exception):
-            await close_client(publisher)
+        report["load_generator_cpu_s"] = round(cpu_seconds([os.getpid()]) - own0 + out["cpu_s"], 2)
         for viewer in viewers:
             viewer._close()
         return report

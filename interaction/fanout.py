@@ -195,8 +195,14 @@ class Fanout:
 
     async def run(self) -> None:
         """One tick every `tick` seconds: each room's new events go out as one frame per client.
-        (Measured: pausing longer after an overrunning tick, to batch more, cost more CPU per
-        delivery than it saved; and yielding inside a room's flush let ticks run back to back.)"""
+
+        A tick that overruns is followed at once by one that finds nothing new (no I/O ran in
+        between), so an overloaded node sends each client a frame every other period with
+        twice the events in it: it sheds frames, never events. (Measured: pausing longer after
+        an overrunning tick cost more CPU per delivery than it saved; yielding inside a room's
+        flush let ticks run back to back; and flushing each room in slices spread over the
+        tick kept the loop responsive but kept every client at ten frames a second under
+        load: 35 % more CPU at 10,000 clients and a worse tail.)"""
         while True:
             started = time.monotonic()
             try:

@@ -59,7 +59,7 @@ class Member:
             since = {"epoch": self.epoch, "seq": self.seq} if self.epoch else None
             auth = {"token": self.token, "session": fleet.session, "since": since}
             ready: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-            protocol = ViewerProtocol(url.netloc, auth, fleet.tally, fleet.cache, None, ready)
+            protocol = ViewerProtocol(url.netloc, auth, fleet.tally, fleet.cache, False, ready)
             protocol.seq = self.seq
             try:
                 async with fleet.gate:

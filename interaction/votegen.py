@@ -27,7 +27,7 @@ async def _connect(url: str, auth: dict[str, Any], tally: Tally, cache: FrameCac
     parts = urlsplit(url)
     for attempt in range(20):
         ready: asyncio.Future[bool] = loop.create_future()
-        protocol = ViewerProtocol(parts.netloc, auth, tally, cache, None, ready)
+        protocol = ViewerProtocol(parts.netloc, auth, tally, cache, False, ready)
         try:
             await loop.create_connection(
                 lambda p=protocol: p,  # type: ignore[misc]

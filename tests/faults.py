@@ -185,7 +185,7 @@ async def stalled_reader(host: str, port: int, auth: dict[str, Any]) -> tuple[as
     ready: asyncio.Future[bool] = loop.create_future()
     tally = Tally()
     transport, protocol = await loop.create_connection(
-        lambda: ViewerProtocol(f"{host}:{port}", auth, tally, FrameCache(), None, ready), sock=sock
+        lambda: ViewerProtocol(f"{host}:{port}", auth, tally, FrameCache(), False, ready), sock=sock
     )
     if not await asyncio.wait_for(ready, 10):
         raise ConnectionError("the stalled reader was refused")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -10,6 +11,9 @@ from typing import Any
 
 import pytest
 
+from interaction.fanout import socketio_event
+from interaction.loadgen import FrameCache, Tally, ViewerProtocol
+from interaction.transport import websocket_frame
 from tests.test_node import clean_env
 
 TRIBUNE = str(Path(sys.executable).with_name("tribune"))
@@ -22,6 +26,35 @@ def bench(*args: str) -> dict[str, Any]:
     )
     assert result.returncode == 0, result.stderr
     return dict(json.loads(result.stdout))
+
+
+def test_the_load_generator_counts_gaps_duplicates_and_disorder() -> None:
+    """Viewers sharing one frame decode it once and take it in one step; anything but the next
+    events, in order, is counted event by event."""
+
+    def frame(*seqs: int) -> bytes:
+        batch = [{"seq": q, "type": "comment.published", "at": "", "data": {"id": 100 + q}} for q in seqs]
+        return websocket_frame(socketio_event("events", batch))
+
+    loop = asyncio.new_event_loop()
+    tally, cache = Tally(), FrameCache()
+    viewers = [ViewerProtocol("h", {}, tally, cache, i == 0, loop.create_future()) for i in range(2)]
+    for viewer in viewers:
+        viewer.upgraded, viewer.seq = True, 0
+        viewer.data_received(frame(1, 2, 3))
+    assert (tally.events, tally.lost, tally.duplicated, tally.out_of_order) == (6, 0, 0, 0)
+    first, second = viewers
+    first.data_received(frame(3, 4))  # 3 again
+    assert (tally.events, tally.duplicated, first.seq) == (7, 1, 4)
+    whole = frame(6, 7)
+    first.data_received(whole[:5])  # split across reads: nothing yet
+    assert tally.events == 7
+    first.data_received(whole[5:] + frame(8))  # 5 is missing, then a frame in the same read
+    assert (tally.events, tally.lost, tally.out_of_order, first.seq) == (10, 1, 1, 8)
+    second.data_received(frame(4, 6, 5))  # gap-free as a set, not in order
+    assert (tally.lost, tally.out_of_order, tally.duplicated, second.seq) == (2, 2, 2, 6)
+    assert list(tally.arrived_ids) == [101, 102, 103, 104, 106, 107, 108]  # the sampled viewer's
+    loop.close()
 
 
 @pytest.mark.slow

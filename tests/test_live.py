@@ -434,9 +434,7 @@ async def test_a_dropped_connection_is_freed_at_once(client, auth, db, settings)
     auths = [{"token": mint_token(settings, rep=r), "session": SESSION, "since": None} for r in reps]
     gc.disable()
     try:
-        dropped = await connect_viewers(
-            [str(client.make_url("/"))], auths, Tally(), sample_every=10**6, sent_at={}
-        )
+        dropped = await connect_viewers([str(client.make_url("/"))], auths, Tally(), sample_every=10**6)
         responses = [weakref.ref(ws._sock) for ws in live.sio.websockets.values()]
         assert len(responses) == len(reps)
         for i, protocol in enumerate(dropped):  # reset, or closed without a close frame
