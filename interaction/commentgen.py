@@ -19,6 +19,7 @@ from typing import Any
 
 import socketio
 
+from config.loop import run as run_loop
 from interaction.loadgen import close_client
 
 
@@ -77,4 +78,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    run_loop(main())

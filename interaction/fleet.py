@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from config.auth import mint_token
+from config.loop import run as run_loop
 from config.settings import Settings
 from interaction.loadgen import FrameCache, Tally, ViewerProtocol
 
@@ -279,4 +280,4 @@ if __name__ == "__main__":
     from interaction.bench import raise_fd_limit
 
     raise_fd_limit()
-    asyncio.run(main())
+    run_loop(main())

@@ -24,7 +24,7 @@ import time
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import msgpack
@@ -151,14 +151,13 @@ class ViewerProtocol(asyncio.Protocol):
         self.received_at = 0.0  # the kernel's receive time of the data being handled (sampled)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         request = (
             "GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\n"
             f"Host: {self.host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             f"Sec-WebSocket-Key: {self.key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
         )
-        transport.write(request.encode())
+        self.transport.write(request.encode())
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.tally.closed += 1

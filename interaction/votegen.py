@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from config.auth import mint_token
+from config.loop import run as run_loop
 from config.settings import Settings
 from interaction.loadgen import FrameCache, Tally, ViewerProtocol
 
@@ -124,4 +125,4 @@ async def main() -> None:
 if __name__ == "__main__":
     if hasattr(os, "sched_setaffinity") and os.environ.get("TRIBUNE_BENCH_CPUS"):
         os.sched_setaffinity(0, {int(c) for c in os.environ["TRIBUNE_BENCH_CPUS"].split(",")})
-    asyncio.run(main())
+    run_loop(main())

@@ -1,8 +1,9 @@
 """`tribune bench hls`: N simulated HLS players of the test pattern spread over K nodes.
 
 One node ingests the feed (the test pattern over WHIP); every node serves its HLS from the
-Redis segment bus. Each player reloads the playlist every half target duration and fetches
-every new segment whole, as a player does. Everything stays on 127.0.0.1; the nodes run on
+Redis segment bus. Each player reloads the playlist as RFC 8216 (6.3.4) has a client do — a
+target duration after a reload that found it changed, half of one after one that did not —
+and fetches every new segment whole, as a player does. Everything stays on 127.0.0.1; the nodes run on
 CPU 0, the publisher on the others, the players (generator processes of up to 2,500) on
 any CPU at nice 10.
 
@@ -42,6 +43,7 @@ import aiohttp
 import av
 
 from config.auth import Role, mint_token
+from config.loop import run as run_loop
 from config.services import EmbeddedServices
 from config.settings import Settings
 from interaction.bench import (
@@ -121,6 +123,7 @@ async def _player(
     await asyncio.sleep(offset)  # players arrive spread over the first seconds
     seen: set[str] = set()
     first = True
+    last = ""
     while time.monotonic() < until:
         started = time.monotonic()
         try:
@@ -143,11 +146,17 @@ async def _player(
             try:
                 async with http.get(base + uri) as r:
                     stats.ttfb.append(time.monotonic() - listed)
-                    body = await r.read()
+                    if sample:  # kept whole, to read the clock in its first pictures
+                        body = await r.read()
+                        size = len(body)
+                    else:  # counted as it arrives, as a player's buffer takes it
+                        size = 0
+                        async for chunk in r.content.iter_any():
+                            size += len(chunk)
                     done = time.monotonic()
                     if r.status != 200 or done - listed > duration:
                         stats.misses += 1
-                    stats.bytes += len(body)
+                    stats.bytes += size
                     if at is not None and r.status == 200:
                         stats.availability.append(time.time() - at.timestamp())
                     if sample and r.status == 200 and (age := _picture_age(body)) is not None:
@@ -156,7 +165,9 @@ async def _player(
                 stats.errors += 1
                 stats.misses += 1
         stats.target = max([stats.target] + [s[1] for s in segments])
-        await asyncio.sleep(max(0.05, stats.target / 2 - (time.monotonic() - started)))
+        wait = stats.target if text != last else stats.target / 2
+        last = text
+        await asyncio.sleep(max(0.05, wait - (time.monotonic() - started)))
 
 
 def _parse_ll(
@@ -258,9 +269,7 @@ def _generator_main() -> None:
     """`python -m streaming.hlsbench URLS PLAYERS LL SECONDS FIRST`: prints its figures as JSON."""
     raise_fd_limit()
     urls, players, ll_players, seconds, first = sys.argv[1:6]
-    result = asyncio.run(
-        _generate(urls.split(","), int(players), int(ll_players), float(seconds), int(first))
-    )
+    result = run_loop(_generate(urls.split(","), int(players), int(ll_players), float(seconds), int(first)))
     print(json.dumps(result))
 
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 import time
 from typing import Any
 
 from config.logs import setup_logging
+from config.loop import run as run_loop
 
 
 def _stage(stage: str) -> None:
@@ -138,7 +138,7 @@ def run_scoring(args: argparse.Namespace) -> int:
         if sys.stderr.isatty():
             print(f"\r{stage}…{' ' * 20}", end="", file=sys.stderr, flush=True)
 
-    result = asyncio.run(bench_scoring(reps=args.reps, sessions=args.sessions, progress=progress))
+    result = run_loop(bench_scoring(reps=args.reps, sessions=args.sessions, progress=progress))
     if sys.stderr.isatty():
         print(file=sys.stderr)
     print(json.dumps(result, indent=2, ensure_ascii=False))
@@ -152,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
     if args.bench == "scoring":
         return run_scoring(args)
     if args.bench == "all":
-        print(json.dumps(asyncio.run(run_all(args.only)), indent=2, ensure_ascii=False))
+        print(json.dumps(run_loop(run_all(args.only)), indent=2, ensure_ascii=False))
         return 0
     if args.bench == "whep":
         return _whep(args)
@@ -168,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
         if sys.stderr.isatty():
             print(f"\r{stage}: {done}/{total}   ", end="", file=sys.stderr, flush=True)
 
-    result = asyncio.run(
+    result = run_loop(
         bench_comments(
             clients=args.clients,
             nodes=args.nodes,
@@ -192,7 +192,7 @@ def _votes(args: argparse.Namespace) -> int:
         print("tribune: --voters and --nodes must be positive, --rate at least 0", file=sys.stderr)
         return 2
 
-    result = asyncio.run(
+    result = run_loop(
         bench_votes(
             voters=args.voters,
             nodes=args.nodes,
@@ -212,7 +212,7 @@ def _hls(args: argparse.Namespace) -> int:
         print("tribune: --viewers must be 1..20000, --nodes 1..8 and --seconds 5..3600", file=sys.stderr)
         return 2
 
-    result = asyncio.run(
+    result = run_loop(
         bench_hls(viewers=args.viewers, nodes=args.nodes, seconds=args.seconds, progress=_stage)
     )
     print(json.dumps(result, indent=2, ensure_ascii=False))
@@ -228,7 +228,7 @@ def _whep(args: argparse.Namespace) -> int:
         return 2
     raise_fd_limit()
 
-    result = asyncio.run(
+    result = run_loop(
         bench_whep(viewers=args.viewers, seconds=args.seconds, baseline=not args.no_baseline, progress=_stage)
     )
     print(json.dumps(result, indent=2, ensure_ascii=False))

@@ -14,6 +14,7 @@ from config.app import create_app
 from config.auth import with_signing_key
 from config.cli.common import add_settings_flags, settings_from
 from config.logs import setup_logging
+from config.loop import new_event_loop
 from config.settings import Settings
 
 log = logging.getLogger("tribune")
@@ -34,13 +35,7 @@ def add_parser(sub: Any, name: str) -> None:
 
 
 def run_node(settings: Settings, app: web.Application) -> None:
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        loop_factory = None
-    else:
-        loop_factory = uvloop.new_event_loop
-    loop = loop_factory() if loop_factory else asyncio.new_event_loop()
+    loop = new_event_loop()
     asyncio.set_event_loop(loop)
 
     async def settle_gc(app: web.Application) -> None:
