@@ -10,9 +10,10 @@ any CPU at nice 10.
 A *miss* is a segment request answered 404, or completed later than one segment duration
 after the playlist first listed it to that player (the player would stall). `ttfb_ms` is
 the time to the first byte of segment responses. Live latency is read off the picture: the
-test pattern burns its wall clock into every frame, and one player in 100 (and every LL-HLS
-player, on each segment's first part) decodes the first picture of what it fetched and
-compares that clock with its own (`picture_age_ms`). A player shows that picture after its
+test pattern burns its wall clock into every frame, and one player in 100 (at most ten per
+generator process; and every LL-HLS player, on each segment's first part) decodes the first
+pictures of what it fetched, in a thread beside the players, and compares that clock with
+its own when the bytes arrived (`picture_age_ms`). A player shows that picture after its
 hold-back behind the live edge — two segments for the viewer page's hls.js
 (`liveSyncDurationCount: 2`), three for a default player, three parts (`PART-HOLD-BACK`) for
 LL-HLS — so `live_latency_s` is the age plus the rest of the hold-back. The same figures by
@@ -37,7 +38,8 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
+from urllib.parse import urlsplit
 
 import aiohttp
 import av
@@ -95,7 +97,7 @@ def _parse(text: str) -> list[tuple[str, float, datetime | None]]:
     return out
 
 
-def _picture_age(segment: bytes, frames: int = 15, fps: int = 30) -> float | None:
+def _picture_age(segment: bytes, arrived: datetime, frames: int = 15, fps: int = 30) -> float | None:
     """How old the segment's first picture is now, by the clock the test pattern burnt into
     it (the publisher's wall clock when the frame was made). Read off its first `frames`
     pictures, each put back by its place in the segment, and the median taken: compression
@@ -112,25 +114,114 @@ def _picture_age(segment: bytes, frames: int = 15, fps: int = 30) -> float | Non
         return None
     if len(starts) < 3:
         return None
-    now = datetime.now()
+    now = arrived
     age = now.hour * 3600 + now.minute * 60 + now.second + now.microsecond / 1e6 - statistics.median(starts)
     return age if -1 < age < 60 else None  # not across midnight
 
 
-async def _player(
-    http: aiohttp.ClientSession, base: str, stats: Players, until: float, offset: float, sample: bool
-) -> None:
+class Connection(asyncio.Protocol):
+    """One player's keep-alive HTTP/1.1 connection, spoken directly on an asyncio protocol: a
+    GET, then the response's status line and headers parsed and its body counted as it
+    arrives (kept only when asked). Thousands of players per process cost what the bytes
+    cost, not what a general HTTP client's per-chunk machinery does."""
+
+    def __init__(self, host: str) -> None:
+        self.host = host
+        self.transport: asyncio.Transport | None = None
+        self._head = bytearray()
+        self._body = bytearray()
+        self._keep = False
+        self._remaining = -1  # body bytes still to come; -1 while reading the head
+        self._status = 0
+        self._size = 0
+        self._first = 0.0
+        self._waiter: asyncio.Future[tuple[int, float, int, bytes]] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_exception(ConnectionError("the connection closed mid-response"))
+
+    async def get(self, path: str, *, keep: bool) -> tuple[int, float, int, bytes]:
+        """(status, seconds to the first byte, body size, the body if `keep` else b"")."""
+        if self.transport is None or self.transport.is_closing():
+            raise ConnectionError("not connected")
+        self._waiter = asyncio.get_running_loop().create_future()
+        self._head.clear()
+        self._body.clear()
+        self._keep, self._remaining, self._size, self._first = keep, -1, 0, 0.0
+        sent = time.monotonic()
+        self.transport.write(f"GET {path} HTTP/1.1\r\nHost: {self.host}\r\n\r\n".encode())
+        status, first, size, body = await self._waiter
+        return status, first - sent, size, body
+
+    def data_received(self, data: bytes) -> None:
+        if self._waiter is None or self._waiter.done():
+            return  # nothing asked: a server does not speak first
+        if self._remaining < 0:
+            if not self._first:
+                self._first = time.monotonic()
+            self._head += data
+            end = self._head.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            lines = bytes(self._head[:end]).decode("latin-1").split("\r\n")
+            data = bytes(self._head[end + 4 :])
+            try:
+                self._status = int(lines[0].split()[1])
+                headers = dict(line.lower().split(": ", 1) for line in lines[1:] if ": " in line)
+                self._remaining = int(headers["content-length"])
+            except (IndexError, KeyError, ValueError):
+                self._waiter.set_exception(ConnectionError(f"unexpected response head {lines[:1]!r}"))
+                return
+        taken = data[: self._remaining] if len(data) > self._remaining else data
+        self._remaining -= len(taken)
+        self._size += len(taken)
+        if self._keep:
+            self._body += taken
+        if self._remaining == 0:
+            self._waiter.set_result((self._status, self._first, self._size, bytes(self._body)))
+
+
+async def _connect(base: str) -> Connection:
+    parts = urlsplit(base)
+    loop = asyncio.get_running_loop()
+    _, connection = await loop.create_connection(
+        lambda: Connection(parts.netloc), parts.hostname or "127.0.0.1", parts.port or 80
+    )
+    return connection
+
+
+async def _player(base: str, stats: Players, until: float, offset: float, sample: bool) -> None:
     await asyncio.sleep(offset)  # players arrive spread over the first seconds
     seen: set[str] = set()
     first = True
     last = ""
+    connection: Connection | None = None
+
+    async def get(path: str, keep: bool) -> tuple[int, float, int, bytes]:
+        nonlocal connection
+        if connection is None or connection.transport is None:
+            connection = await _connect(base)
+        try:
+            async with asyncio.timeout(30):
+                return await connection.get(path, keep=keep)
+        except (OSError, TimeoutError):
+            if connection.transport is not None:
+                connection.transport.close()
+            connection = None
+            raise
+
     while time.monotonic() < until:
         started = time.monotonic()
         try:
-            async with http.get(f"{base}/hls/{FEED}/index.m3u8") as r:
-                stats.playlist_requests += 1
-                text = await r.text() if r.status == 200 else ""
-        except aiohttp.ClientError:
+            status, _, _, body = await get(f"/hls/{FEED}/index.m3u8", True)
+            stats.playlist_requests += 1
+            text = body.decode() if status == 200 else ""
+        except (OSError, TimeoutError):
             stats.errors += 1
             text = ""
         segments = _parse(text)
@@ -144,30 +235,28 @@ async def _player(
             listed = time.monotonic()
             stats.segment_requests += 1
             try:
-                async with http.get(base + uri) as r:
-                    stats.ttfb.append(time.monotonic() - listed)
-                    if sample:  # kept whole, to read the clock in its first pictures
-                        body = await r.read()
-                        size = len(body)
-                    else:  # counted as it arrives, as a player's buffer takes it
-                        size = 0
-                        async for chunk in r.content.iter_any():
-                            size += len(chunk)
-                    done = time.monotonic()
-                    if r.status != 200 or done - listed > duration:
-                        stats.misses += 1
-                    stats.bytes += size
-                    if at is not None and r.status == 200:
-                        stats.availability.append(time.time() - at.timestamp())
-                    if sample and r.status == 200 and (age := _picture_age(body)) is not None:
-                        stats.picture_age.append(age)
-            except aiohttp.ClientError:
+                # Kept whole only by a sampling player, to read the clock in its first pictures.
+                status, ttfb, size, body = await get(uri, sample)
+            except (OSError, TimeoutError):
                 stats.errors += 1
                 stats.misses += 1
+                continue
+            stats.ttfb.append(ttfb)
+            if status != 200 or time.monotonic() - listed > duration:
+                stats.misses += 1
+            stats.bytes += size
+            if at is not None and status == 200:
+                stats.availability.append(time.time() - at.timestamp())
+            if sample and status == 200:
+                age = await asyncio.to_thread(_picture_age, body, datetime.now())
+                if age is not None:
+                    stats.picture_age.append(age)
         stats.target = max([stats.target] + [s[1] for s in segments])
         wait = stats.target if text != last else stats.target / 2
         last = text
         await asyncio.sleep(max(0.05, wait - (time.monotonic() - started)))
+    if connection is not None and connection.transport is not None:
+        connection.transport.close()
 
 
 def _parse_ll(
@@ -228,8 +317,10 @@ async def _ll_player(http: aiohttp.ClientSession, base: str, stats: Players, unt
                     stats.bytes += len(body)
                 start = last_at.timestamp() + last_duration + sum(d for _, d in parts[:-1])
                 stats.part_availability.append(time.time() - start)
-                if index == 1 and r.status == 200 and (age := _picture_age(body)) is not None:
-                    stats.part_picture_age.append(age)  # the segment's first part: a keyframe
+                if index == 1 and r.status == 200:  # the segment's first part: a keyframe
+                    age = await asyncio.to_thread(_picture_age, body, datetime.now())
+                    if age is not None:
+                        stats.part_picture_age.append(age)
                 stats.part_target = max(stats.part_target, duration)
             except aiohttp.ClientError:
                 stats.errors += 1
@@ -251,18 +342,17 @@ async def _generate(
         await asyncio.gather(
             *(
                 _player(
-                    http,
                     urls[(first + n) % nodes],
                     stats,
                     start + ramp + seconds,
                     ramp * n / players,
-                    n % 100 == 0,
+                    n % max(100, players // 10) == 0,
                 )
                 for n in range(players)
             ),
             *(_ll_player(http, urls[n % nodes], ll_stats, start + ramp + seconds) for n in range(ll_players)),
         )
-    return {"hls": vars(stats), "ll": vars(ll_stats)}
+    return {"hls": vars(stats), "ll": vars(ll_stats), "cpu_s": time.process_time()}
 
 
 def _generator_main() -> None:
@@ -359,6 +449,7 @@ async def bench_hls(
             "ttfb_ms": percentiles(stats.ttfb),
             "bytes_per_s": round(stats.bytes / elapsed),
             "server_cpu_s": round(server_cpu, 2),
+            "load_generator_cpu_s": round(sum(out["cpu_s"] for out in outputs), 2),
             "availability_ms": availability,
             "ll_hls": {
                 "players": ll_players,
