@@ -2,7 +2,7 @@
 
 The ingest node's `Segmenter` is one more sink of the feed's `Broadcast`: it takes the H.264
 units as they are (no second video encoder), encodes the audio once more to AAC, and cuts
-an MPEG-TS segment at the first keyframe after `hls_segment_seconds`. Each segment goes
+an MPEG-TS segment at the first keyframe after about `hls_segment_seconds`. Each segment goes
 to Redis with a TTL (`SegmentBus`), so every node serves every feed's live playlist from
 memory, and to the data directory (`Recording`), which becomes the feed's VOD playlist
 with `EXT-X-ENDLIST` when the feed ends.
@@ -66,6 +66,7 @@ class Part:
     duration: float
     independent: bool  # starts with a keyframe
     data: bytes
+    last: bool = False  # the segment ends with it: the next part is the next segment's first
 
 
 @dataclass
@@ -139,6 +140,13 @@ def mux_ts(video: list[Any], audio: list[Any], size: tuple[int, int], aac_extrad
     return buffer.getvalue()
 
 
+# The encoder makes its keyframes on its own clock, every `keyframe_interval`; by the frames'
+# media time they land a little early or late as the node's load delays frames. A keyframe
+# that lands early still ends the segment: waiting for the next one would make a segment of
+# twice the target, and raise every player's reload interval and hold-back with it.
+CUT_SLACK = 0.25  # seconds
+
+
 class Segmenter:
     """A sink of a feed's broadcast that cuts MPEG-TS segments at keyframes, each made of
     parts of about `part_target` seconds published as they are cut (LL-HLS)."""
@@ -183,8 +191,8 @@ class Segmenter:
             pending.started_at = datetime.now(UTC)
             if self._video_base is None:
                 self._video_base = pts
-        elif unit.keyframe and (pts - pending.first_pts) / VIDEO_CLOCK >= self.target:
-            self._close_part(end_pts=pts)
+        elif unit.keyframe and (pts - pending.first_pts) / VIDEO_CLOCK >= self.target - CUT_SLACK:
+            self._close_part(end_pts=pts, final=True)
             self._cut()
             self._pending = pending = _Pending(first_pts=pts, part_pts=pts)
         elif pending.part_pts is not None and (pts - pending.part_pts) / VIDEO_CLOCK >= self.part_target:
@@ -227,7 +235,7 @@ class Segmenter:
         task.add_done_callback(self._done)
         return task
 
-    def _close_part(self, end_pts: int | None) -> None:
+    def _close_part(self, end_pts: int | None, *, final: bool = False) -> None:
         pending = self._pending
         if not pending.video or pending.part_pts is None:
             return
@@ -244,7 +252,7 @@ class Segmenter:
 
         async def publish() -> tuple[bytes, float, bool]:
             data = await asyncio.to_thread(mux_ts, video, audio, size, extradata)
-            await self.on_part(Part(self.feed_id, seq, index, duration, independent, data))
+            await self.on_part(Part(self.feed_id, seq, index, duration, independent, data, final))
             return data, duration, independent
 
         pending.parts.append(self._ordered(publish))
@@ -274,7 +282,7 @@ class Segmenter:
 
     async def finish(self) -> None:
         """Cuts what is left and waits until every segment is published."""
-        self._close_part(end_pts=None)
+        self._close_part(end_pts=None, final=True)
         self._cut()
         self._pending = _Pending()
         if self._tasks:
@@ -495,6 +503,8 @@ class SegmentBus:
         if not open_ or open_["seq"] != part.seq:
             open_ = {"seq": part.seq, "parts": []}
         open_["parts"] = [*open_["parts"], [round(part.duration, 4), part.independent]]
+        if part.last:  # complete; its segment follows once muxed whole
+            open_["closed"] = True
         index["open"] = open_
         await self._write(part.feed_id, index, f"part:{part.seq}.{part.index}", part.data)
 
@@ -645,7 +655,10 @@ def playlist(
     if low_latency and part_uri is not None:
         if open_:
             parts(int(open_["seq"]), open_["parts"])
-            hint = part_uri(int(open_["seq"]), len(open_["parts"]))
+            if open_.get("closed"):  # its last part is out: the next is the next segment's first
+                hint = part_uri(int(open_["seq"]) + 1, 0)
+            else:
+                hint = part_uri(int(open_["seq"]), len(open_["parts"]))
         else:
             hint = part_uri(int(segments[-1]["seq"]) + 1 if segments else 0, 0)
         lines.append(f'#EXT-X-PRELOAD-HINT:TYPE=PART,URI="{hint}"')

@@ -9,7 +9,7 @@ from fractions import Fraction
 import av
 
 from streaming.broadcast import NOMINAL_FPS, VIDEO_CLOCK, VideoEncoder
-from streaming.hls import mux_ts
+from streaming.hls import Part, Segment, Segmenter, mux_ts
 from streaming.testsrc import CLOCK_CELL, draw_text, picture_clock
 
 
@@ -39,3 +39,32 @@ def test_the_encoder_spends_its_bitrate_and_the_clock_survives_it() -> None:
         read = [picture_clock(f) for f in container.decode(video=0)]
     expected = [10 * 3600 + 20 * 60 + 30 + n // 30 + ((n % 30) // 3) / 10 for n in range(60)]
     assert sum(r == e for r, e in zip(read, expected, strict=True)) >= 55, read
+
+
+async def test_a_keyframe_a_little_early_by_media_time_still_ends_the_segment() -> None:
+    """The encoder's keyframes come on its own clock; under load one lands a frame or two
+    early by the frames' timestamps. The segment ends there, not a whole interval later."""
+    source = av.open(f"testsrc2=size=320x180:rate={NOMINAL_FPS}", format="lavfi")
+    frames = source.decode(video=0)
+    encoder = VideoEncoder(bitrate=300_000, max_height=180)
+    keyframes = {0, 58, 118, 176}  # 1.93 s, 2.0 s and 1.93 s apart
+    segments: list[Segment] = []
+
+    async def keep(segment: Segment) -> None:
+        segments.append(segment)
+
+    async def ignore(part: Part) -> None:
+        pass
+
+    segmenter = Segmenter(
+        "f", target=2.0, part_target=0.5, size=lambda: (320, 180), on_segment=keep, on_part=ignore
+    )
+    for n in range(200):
+        frame = next(frames)
+        frame.pts, frame.time_base = n * VIDEO_CLOCK // NOMINAL_FPS, Fraction(1, VIDEO_CLOCK)
+        for unit in encoder.encode(frame, n in keyframes):
+            segmenter.offer(unit)
+    source.close()
+    await segmenter.finish()
+    durations = [round(s.duration, 2) for s in segments]
+    assert durations[:3] == [1.93, 2.0, 1.93], durations

@@ -20,6 +20,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from config.app import create_app
 from config.auth import Role
 from config.settings import Settings
+from streaming import hls
 from streaming.api import STREAMING
 from streaming.clients import WhepViewer, WhipError, WhipPublisher
 from streaming.testsrc import PatternVideo, Tone
@@ -446,3 +447,24 @@ async def test_low_latency_parts_and_blocking_reload(
     finally:
         async with aiohttp.ClientSession() as http:
             await publisher.stop(http)
+
+
+def test_the_preload_hint_moves_to_the_next_segment_once_a_segment_has_its_last_part() -> None:
+    """Between a segment's last part going out and the whole segment being muxed, the
+    playlist must not hint a part of it that will never exist."""
+    index: dict[str, Any] = {
+        "target": 2.0,
+        "part_target": 0.5,
+        "segments": [{"seq": 0, "duration": 2.0, "at": datetime.now(UTC).isoformat()}],
+        "open": {"seq": 1, "parts": [[0.5, True], [0.5, False], [0.5, False]]},
+        "ended": False,
+    }
+
+    def hint(index: dict[str, Any]) -> str:
+        text = hls.playlist(index, lambda seq: f"/{seq}.ts", part_uri=lambda seq, i: f"/{seq}.{i}.ts")
+        return next(line for line in text.splitlines() if line.startswith("#EXT-X-PRELOAD-HINT"))
+
+    assert hint(index).endswith('URI="/1.3.ts"')  # the open segment goes on
+    index["open"] = {**index["open"], "parts": [*index["open"]["parts"], [0.5, False]], "closed": True}
+    assert hint(index).endswith('URI="/2.0.ts"')  # it ended with its fourth part
+    assert not hls.has_reached(index, 2, 0) and hls.has_reached(index, 1, 3)
