@@ -3,8 +3,9 @@
 The run starts its own embedded PostgreSQL and Valkey and K nodes (pinned to CPU 0 when
 the machine has two or more), connects N lean viewers (interaction.loadgen, pinned to the
 other CPUs), and publishes R comments a second through the moderation path: a writer sends,
-a moderator approves. Latency runs from the approval's send to the event's arrival, sampled
-on every `sample_every`-th viewer; every viewer checks its own seqs. The baseline — stock
+a moderator approves, both in a process of their own (interaction.commentgen). Latency runs
+from the approval's send to the event reaching a viewer's socket, sampled on every
+`sample_every`-th viewer; every viewer checks its own seqs. The baseline — stock
 python-socketio, one `emit(room=…)` per event — then gets the same viewers and rate.
 """
 
