@@ -6,6 +6,7 @@ import asyncio
 import ctypes
 import sys
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -18,6 +19,8 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 class Metrics:
@@ -35,6 +38,9 @@ class Metrics:
             ["route"],
             registry=self.registry,
         )
+        # Each request's children, found once: `labels()` takes a lock and builds a key each call.
+        self._served: dict[tuple[str, str, str], Any] = {}
+        self._timed: dict[str, Any] = {}
         self.dependency_up = Gauge(
             "tribune_dependency_up",
             "1 while the dependency answers health checks",
@@ -118,6 +124,17 @@ class Metrics:
         # python_gc_collections_total{generation}, python_gc_objects_collected_total …
         GCCollector(registry=self.registry)
         self.registry.register(HeldMemory())
+
+    def served(self, method: str, route: str, status: int, seconds: float) -> None:
+        """One HTTP request counted and timed. A method outside HTTP's usual ones counts as
+        `other`, so a client cannot grow the metrics with made-up methods."""
+        key = (method if method in HTTP_METHODS else "other", route, str(status))
+        if (counter := self._served.get(key)) is None:
+            counter = self._served[key] = self.http_requests.labels(*key)
+        if (timer := self._timed.get(route)) is None:
+            timer = self._timed[route] = self.http_seconds.labels(route)
+        counter.inc()
+        timer.observe(seconds)
 
     def render(self) -> bytes:
         return bytes(generate_latest(self.registry))

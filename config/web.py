@@ -83,8 +83,7 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
             # follow it. aiohttp logs the error and drops the connection.
             raise
         response = _response_for(request, exc)
-    metrics.http_requests.labels(request.method, route_name, str(response.status)).inc()
-    metrics.http_seconds.labels(route_name).observe(time.perf_counter() - started)
+    metrics.served(request.method, route_name, response.status, time.perf_counter() - started)
     headers = response.headers
     headers.setdefault("X-Content-Type-Options", "nosniff")
     headers.setdefault("Referrer-Policy", "no-referrer")

@@ -9,6 +9,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import msgspec
@@ -28,6 +29,9 @@ from streaming.hub import Streaming
 STREAMING: web.AppKey[Streaming] = web.AppKey("streaming")
 HLS_KEY: web.AppKey[bytes] = web.AppKey("hls_key")
 PUBLIC_FEEDS: web.AppKey[dict[str, tuple[float, bool]]] = web.AppKey("public_feeds")
+# The live playlist as last rendered, by (feed, public): reused while the bus hands out the
+# same index (it refreshes it every quarter second), since every player reloads it.
+PLAYLISTS: web.AppKey[dict[tuple[str, bool], tuple[dict[str, Any], bytes]]] = web.AppKey("playlists")
 
 _METHODS = "POST, DELETE, PATCH, OPTIONS"
 _HEADERS = "Authorization, Content-Type, If-Match"
@@ -292,8 +296,14 @@ async def hls_playlist(request: web.Request) -> web.Response:
     def part_uri(seq: int, i: int) -> str:
         return _media_url(request, feed_id, f"/hls/{feed_id}/{seq}.{i}.ts", public)
 
-    text = hls.playlist(index, _segment_uri(request, feed_id, "hls", public), part_uri=part_uri)
-    return _media(text, PLAYLIST, "public, max-age=1" if public else "private, max-age=1")
+    rendered = request.app[PLAYLISTS]
+    hit = rendered.get((feed_id, public))
+    if hit is not None and hit[0] is index:
+        body = hit[1]
+    else:
+        body = hls.playlist(index, _segment_uri(request, feed_id, "hls", public), part_uri=part_uri).encode()
+        rendered[(feed_id, public)] = (index, body)
+    return _media(body, PLAYLIST, "public, max-age=1" if public else "private, max-age=1")
 
 
 async def hls_part(request: web.Request) -> web.Response:
@@ -397,6 +407,7 @@ def attach(app: web.Application) -> Streaming:
     app[STREAMING] = hub
     app[HLS_KEY] = signing_key(app[keys.SETTINGS])
     app[PUBLIC_FEEDS] = {}
+    app[PLAYLISTS] = {}
 
     async def streaming_ctx(app: web.Application) -> AsyncIterator[None]:
         await hub.start(app[keys.DB], app[keys.REDIS], app.get(keys.EVENT_SINK))

@@ -26,6 +26,12 @@ async def test_health_ready_and_metrics(client) -> None:  # type: ignore[no-unty
     assert metrics.content_type == "text/plain"
     assert 'tribune_http_requests_total{method="GET",route="/readyz",status="200"} 1.0' in text
     assert 'tribune_dependency_up{dependency="postgres"} 1.0' in text
+    # Methods outside the usual ones (WebDAV's, TRACE) are counted under one label.
+    for method in ("PROPFIND", "TRACE", "MKCOL"):
+        assert (await client.request(method, "/readyz")).status == 405
+    text = await (await client.get("/metrics")).text()
+    assert 'tribune_http_requests_total{method="other",route="unmatched",status="405"} 3.0' in text
+    assert "PROPFIND" not in text
 
 
 async def wait_for(check: Callable[[], Awaitable[bool]], seconds: float = 15) -> bool:
