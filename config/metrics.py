@@ -126,8 +126,8 @@ class Metrics:
         self.registry.register(HeldMemory())
 
     def served(self, method: str, route: str, status: int, seconds: float) -> None:
-        """One HTTP request counted and timed. A method outside HTTP's usual ones counts as
-        `other`, so a client cannot grow the metrics with made-up methods."""
+        """One HTTP request counted and timed. Methods outside the usual ones (WebDAV's, TRACE:
+        aiohttp's parser lets every registered method through) count as `other`."""
         key = (method if method in HTTP_METHODS else "other", route, str(status))
         if (counter := self._served.get(key)) is None:
             counter = self._served[key] = self.http_requests.labels(*key)

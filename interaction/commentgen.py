@@ -41,7 +41,7 @@ async def main() -> None:
     print("ready", flush=True)
     line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
     start = float(line.split()[1])
-    sent: dict[int, float] = {}  # comment id (baseline: seq) → when its approval left
+    sent: dict[int, float] = {}  # comment id (baseline: its number) → when its approval left
     published = 0
 
     async def one(n: int) -> None:

@@ -3,9 +3,10 @@
 One node ingests the feed (the test pattern over WHIP); every node serves its HLS from the
 Redis segment bus. Each player reloads the playlist as RFC 8216 (6.3.4) has a client do — a
 target duration after a reload that found it changed, half of one after one that did not —
-and fetches every new segment whole, as a player does. Everything stays on 127.0.0.1; the nodes run on
-CPU 0, the publisher on the others, the players (generator processes of up to 2,500) on
-any CPU at nice 10.
+and fetches every new segment whole, as a player does, over a keep-alive connection of its
+own (`Connection`). Everything stays on 127.0.0.1; the nodes run on CPU 0, the publisher
+on the others, the players (generator processes of up to 2,500, on uvloop) on any CPU at
+nice 10.
 
 A *miss* is a segment request answered 404, or completed later than one segment duration
 after the playlist first listed it to that player (the player would stall). `ttfb_ms` is
