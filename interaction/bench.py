@@ -123,6 +123,18 @@ def start_nodes(
     return procs, urls
 
 
+async def spawn_job(module: str, job: dict[str, Any], **options: Any) -> asyncio.subprocess.Process:
+    """A load-generator process, `python -m <module>` with its stdin and stdout piped, given
+    its job as one JSON line; `options` go to `create_subprocess_exec` (limit, env, …)."""
+    gen = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", module, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, **options
+    )
+    assert gen.stdin is not None
+    gen.stdin.write(json.dumps(job).encode() + b"\n")
+    await gen.stdin.drain()
+    return gen
+
+
 async def run_generators(
     generators: list[asyncio.subprocess.Process], go: str, timeout: float
 ) -> list[dict[str, Any]]:
@@ -224,18 +236,13 @@ async def start_publisher(job: dict[str, Any]) -> asyncio.subprocess.Process:
     """The writer and moderator (or the baseline's publisher) in their own process
     (interaction.commentgen), connected and waiting for `go`. Like PostgreSQL and Valkey it
     may run on any CPU: pinned beside the viewers, its approvals would wait for their core."""
-    gen = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
+    gen = await spawn_job(
         "interaction.commentgen",
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
+        job,
         limit=64 * 1024 * 1024,  # the report is one line with every approval's time
         preexec_fn=pin_to(set(range(os.cpu_count() or 1))),
     )
-    assert gen.stdin is not None and gen.stdout is not None
-    gen.stdin.write(json.dumps(job).encode() + b"\n")
-    await gen.stdin.drain()
+    assert gen.stdout is not None
     line = await asyncio.wait_for(gen.stdout.readline(), 60)
     if line.strip() != b"ready":
         raise RuntimeError(f"the comment publisher failed to connect: {line!r}")

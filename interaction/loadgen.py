@@ -67,6 +67,11 @@ class Tally:
     arrived_at: array[float] = field(default_factory=lambda: array("d"))
     handled_at: array[float] = field(default_factory=lambda: array("d"))
 
+    def arrived(self, comment: int, at: float, handled: float) -> None:
+        self.arrived_ids.append(comment)
+        self.arrived_at.append(at)
+        self.handled_at.append(handled)
+
     def latencies(self, sent: dict[int, float], *, handled: bool = False) -> list[float]:
         """Seconds from each comment's approval (`sent`: id → when) to its arrivals (or to
         this process handling them)."""
@@ -266,9 +271,7 @@ class ViewerProtocol(asyncio.Protocol):
             tally, now = self.tally, time.time()
             arrived = self.received_at or now
             for comment in ids:
-                tally.arrived_ids.append(comment)
-                tally.arrived_at.append(arrived)
-                tally.handled_at.append(now)
+                tally.arrived(comment, arrived, now)
 
     def _events(self, batch: list[dict[str, Any]]) -> None:
         """Any other batch, event by event: duplicates, gaps and disorder are counted."""
@@ -286,9 +289,7 @@ class ViewerProtocol(asyncio.Protocol):
             self.seq = seq
             tally.events += 1
             if self.sample and event["type"] == "comment.published":
-                tally.arrived_ids.append(int(event["data"]["id"]))
-                tally.arrived_at.append(arrived)
-                tally.handled_at.append(now)
+                tally.arrived(int(event["data"]["id"]), arrived, now)
 
     def call(self, name: str, data: Any) -> asyncio.Future[Any]:
         """Emit an event that asks for an acknowledgement; the future gets the answer."""

@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import secrets
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -32,6 +30,7 @@ from interaction.bench import (
     percentiles,
     raise_fd_limit,
     run_generators,
+    spawn_job,
     start_nodes,
     stop_servers,
     wait_http,
@@ -158,15 +157,6 @@ async def run_system(
         count = -(-voters // PER_GENERATOR)
         shares = [all_voters[k::count] for k in range(count)]  # interleaved: all send all along
         for share in shares:
-            gen = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "interaction.votegen",
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                env={**os.environ, "TRIBUNE_BENCH_CPUS": cpus},
-                limit=256 * 1024 * 1024,  # the report is one line with every latency
-            )
             job = {
                 "urls": urls,
                 "secret": secret,
@@ -177,9 +167,12 @@ async def run_system(
                 "options": options,
                 "rate": rate,
             }
-            assert gen.stdin is not None
-            gen.stdin.write(json.dumps(job).encode() + b"\n")
-            await gen.stdin.drain()
+            gen = await spawn_job(
+                "interaction.votegen",
+                job,
+                env={**os.environ, "TRIBUNE_BENCH_CPUS": cpus},
+                limit=256 * 1024 * 1024,  # the report is one line with every latency
+            )
             generators.append(gen)
         progress(f"{label}: connecting {voters} voters")
         for gen in generators:

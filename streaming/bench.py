@@ -11,7 +11,6 @@ without freezing anyone, per core of server CPU.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import re
 import secrets
@@ -36,6 +35,7 @@ from interaction.bench import (
     cpu_seconds,
     pin_to,
     run_generators,
+    spawn_job,
     spawn_server,
     start_nodes,
     stop_servers,
@@ -113,19 +113,8 @@ async def _watch(
     shares = [viewers // count + (1 if k < viewers % count else 0) for k in range(count)]
     generators = []
     for k, share in enumerate(shares):
-        gen = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "streaming.viewgen",
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            preexec_fn=_pin_generator(),
-        )
         job = {"url": url, "token": token, "viewers": share, "decode": decode if k == 0 else 0}
-        assert gen.stdin is not None
-        gen.stdin.write(json.dumps(job).encode() + b"\n")
-        await gen.stdin.drain()
-        generators.append(gen)
+        generators.append(await spawn_job("streaming.viewgen", job, preexec_fn=_pin_generator()))
     connected = 0
     for gen in generators:
         assert gen.stdout is not None

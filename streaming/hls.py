@@ -66,7 +66,7 @@ class Part:
     duration: float
     independent: bool  # starts with a keyframe
     data: bytes
-    last: bool = False  # the segment ends with it: the next part is the next segment's first
+    final: bool = False  # the segment ends with it: the next part is the next segment's first
 
 
 @dataclass
@@ -503,7 +503,7 @@ class SegmentBus:
         if not open_ or open_["seq"] != part.seq:
             open_ = {"seq": part.seq, "parts": []}
         open_["parts"] = [*open_["parts"], [round(part.duration, 4), part.independent]]
-        if part.last:  # complete; its segment follows once muxed whole
+        if part.final:  # complete; its segment follows once muxed whole
             open_["closed"] = True
         index["open"] = open_
         await self._write(part.feed_id, index, f"part:{part.seq}.{part.index}", part.data)
