@@ -11,7 +11,9 @@ import asyncio
 import os
 import secrets
 import shutil
+import sys
 import tempfile
+import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +43,35 @@ class Services:
 
 def with_database(url: str, name: str) -> str:
     return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def session_loop() -> asyncio.AbstractEventLoop:
+    return asyncio.get_running_loop()
+
+
+@pytest.fixture(autouse=True)
+def hang_report(request: pytest.FixtureRequest, session_loop: asyncio.AbstractEventLoop) -> Iterator[None]:
+    """A test that hangs also prints every asyncio task's stack, a little before pytest-timeout
+    fails it with the threads' stacks only (where a hung coroutine does not show)."""
+    marker = request.node.get_closest_marker("timeout")
+    limit = float(marker.args[0] if marker else request.config.getini("timeout") or 0)
+    if limit <= 0:
+        yield
+        return
+
+    def dump() -> None:
+        print(f"--- asyncio tasks of {request.node.nodeid}, still running ---", file=sys.stderr)
+        for task in asyncio.all_tasks(session_loop):
+            task.print_stack(file=sys.stderr)
+
+    timer = threading.Timer(max(limit - 20, limit * 0.9), session_loop.call_soon_threadsafe, (dump,))
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
 
 
 @pytest.fixture(scope="session")
