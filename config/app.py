@@ -76,7 +76,11 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
         app[keys.DB] = pool
         yield
     finally:
-        await pool.close()
+        try:  # waits for every connection to be released; one held by a stuck task must not
+            async with asyncio.timeout(settings.database_timeout * 2):  # hold the shutdown
+                await pool.close()
+        except TimeoutError:  # close() has terminated the connections
+            log.warning("database connections still in use at shutdown were terminated")
 
 
 async def redis_ctx(app: web.Application) -> AsyncIterator[None]:

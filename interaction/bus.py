@@ -19,6 +19,8 @@ import msgpack
 import redis.asyncio as aioredis
 import redis.exceptions
 
+from config.loop import STOP_SECONDS, stop_tasks
+
 log = logging.getLogger("tribune.bus")
 
 Handler = Callable[[dict[str, Any]], Awaitable[None] | None]
@@ -90,11 +92,7 @@ class Bus:
                 await self._subscribed.wait()
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_tasks(self._tasks, timeout=STOP_SECONDS, what="bus")
 
     async def _heartbeat(self) -> None:
         while True:

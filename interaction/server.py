@@ -23,6 +23,7 @@ from aiohttp import web
 from config import keys
 from config.auth import AuthError, Role
 from config.errors import TribuneError
+from config.loop import STOP_SECONDS, stop_tasks
 from config.web import UNAVAILABLE
 from interaction import ballots, comments, polls, transport, words
 from interaction.bus import Bus
@@ -264,16 +265,15 @@ class Live:
     async def stop(self) -> None:
         self.app[keys.HEALTH].extra.pop("pubsub", None)
         await self.disconnect_all()
-        for task in list(self._tasks) + list(self._fills.values()):
-            task.cancel()
-        for task in list(self._tasks) + list(self._fills.values()):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_tasks(
+            list(self._tasks) + list(self._fills.values()), timeout=STOP_SECONDS, what="live channel"
+        )
         await self.ballots.stop()
         await self.fanout.stop()
         await self.bus.stop()
         try:
-            await attendance.close_owned(self.pool, self.settings.node_id)
+            async with asyncio.timeout(self.settings.database_timeout * 2):
+                await attendance.close_owned(self.pool, self.settings.node_id)
         except (*UNAVAILABLE, asyncpg.PostgresError) as exc:  # the leases expire instead
             log.warning("closing attendance at shutdown failed: %r", exc)
 

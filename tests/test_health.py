@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -8,7 +9,9 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from config import keys
 from config.app import create_app
+from config.loop import stop_tasks
 from config.services import EmbeddedServices
 from config.settings import Settings
 
@@ -114,3 +117,52 @@ async def test_ledger_outage_gives_503_and_writes_nothing(
         assert await conn.fetchval("SELECT count(*) FROM sessions WHERE id = 'outage'") == 1
     finally:
         await conn.close()
+
+
+async def test_a_connection_held_by_a_stuck_task_does_not_hold_the_shutdown(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = create_app(dataclasses.replace(settings, database_timeout=1.0))
+    client = TestClient(TestServer(app))
+    await client.start_server()
+    held = asyncio.Event()
+
+    async def stuck() -> None:
+        async with app[keys.DB].acquire():
+            held.set()
+            await asyncio.Event().wait()  # never released
+
+    task = asyncio.ensure_future(stuck())
+    try:
+        await held.wait()
+        # Waits for the connection as long as the node allows, then terminates it; the guard
+        # here only keeps a regression from hanging the suite.
+        await asyncio.wait_for(client.close(), 60)
+        assert "database connections still in use at shutdown were terminated" in caplog.text
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_task_that_ignores_cancellation_is_named_and_left_behind(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    release = asyncio.Event()
+
+    async def obedient() -> None:
+        await asyncio.Event().wait()
+
+    async def stubborn() -> None:
+        while not release.is_set():
+            try:
+                await asyncio.sleep(0.01)
+            except asyncio.CancelledError:
+                continue  # ignores it
+
+    tasks = [asyncio.ensure_future(obedient()), asyncio.ensure_future(stubborn())]
+    await asyncio.sleep(0)
+    assert await stop_tasks(tasks, timeout=0.5, what="the test's tasks") is False
+    assert tasks[0].cancelled() and not tasks[1].done()
+    assert "the test's tasks: a task did not stop" in caplog.text and "in stubborn" in caplog.text
+    release.set()
+    await tasks[1]
