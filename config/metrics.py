@@ -60,6 +60,12 @@ class Metrics:
             ["kind"],
             registry=self.registry,
         )
+        self.tally_checks = Counter(
+            "tribune_tally_checks_total",
+            "Closed polls whose live tallies were compared with the ledger's count",
+            ["outcome"],
+            registry=self.registry,
+        )
         self.slow_client_drops = Counter(
             "tribune_slow_client_drops_total", "Clients dropped for not reading", registry=self.registry
         )

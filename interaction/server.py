@@ -235,6 +235,7 @@ class Live:
             self.fanout,
             prefix=settings.redis_prefix,
             interval=settings.tally_interval,
+            node_id=settings.node_id,
         )
         self.words = await words.load(self.pool)
         self.bus.on("ev", self._on_bus_events)
@@ -651,14 +652,24 @@ class Live:
         return {"poll": done.poll.view(), "results": done.results}
 
     async def change_poll(self, poll_id: int, to: str, who: Any) -> polls.Transition:
-        """A poll's next state, told to every node; at close the live tallies are checked
+        """A poll's next state, told to every node; after close the live tallies are checked
         against the ledger's count."""
+        if to == "open":
+            await self.tallies.begin(poll_id)
         done = await polls.transition(self.pool, poll_id, to, who)
         self.polls[poll_id] = done.poll
         await self._publish(done.poll.session_id, comments.Outcome(ack={}, events=done.events))
         if to == "closed" and done.results is not None:
-            await self.tallies.check(done.poll, done.results)
+            self._spawn(self._check_tallies(done.poll, done.results))
         return done
+
+    async def _check_tallies(self, poll: polls.Poll, results: dict[str, Any]) -> None:
+        # Casts committed before the close reach the counters on their own node's next round:
+        # compare once every node has had two.
+        await asyncio.sleep(2 * self.settings.tally_interval)
+        wrong = await self.tallies.check(poll, results)
+        outcome = "skipped" if wrong is None else "disagreed" if wrong else "agreed"
+        self.metrics.tally_checks.labels(outcome).inc()
 
     async def poll_onsite(self, client: Client, data: Any) -> dict[str, Any]:
         self._require_host(client, "entering on-site counts")

@@ -5,13 +5,21 @@ counts moved — never per vote.
 
 Hash `{prefix}tally:{poll}`: field `q:o` counts option o of question q, field `q:0` the
 question's ballots, `_v` a version bumped on every change, `_base` set when the counters
-were last set from the ledger (a hash without it — Redis restarted — is rebuilt).
+were started (at the poll's opening, before any vote can be written) or last set from the
+ledger. A hash without it (Redis lost it) is rebuilt from the ledger; votes written while
+that rebuild reads can be counted twice or not at all — the check after the close reports
+any difference, and results are always counted from the ledger.
+
+Each node adds its casts exactly once: a round's increments go in one script together with
+the round's number, which Redis keeps per node process (`{prefix}tallyflush:{node}:{token}`),
+so a round sent again after an unanswered attempt is not counted twice.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections import Counter
 from collections.abc import Mapping
 from typing import Any
@@ -27,6 +35,26 @@ from interaction.rooms import Rooms
 log = logging.getLogger("tribune.tallies")
 
 TTL = 7 * 24 * 3600
+
+# KEYS: this node's round marker, then the polls' hashes. ARGV: the round, the hashes' TTL,
+# then per hash its number of fields followed by (field, increment) pairs.
+FLUSH = """
+local last = tonumber(redis.call('GET', KEYS[1]) or '0')
+if last >= tonumber(ARGV[1]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', 86400)
+local a = 3
+for k = 2, #KEYS do
+  local fields = tonumber(ARGV[a])
+  a = a + 1
+  for _ = 1, fields do
+    redis.call('HINCRBY', KEYS[k], ARGV[a], ARGV[a + 1])
+    a = a + 2
+  end
+  redis.call('HINCRBY', KEYS[k], '_v', 1)
+  redis.call('EXPIRE', KEYS[k], ARGV[2])
+end
+return 1
+"""
 
 
 def decode(raw: Mapping[bytes | str, bytes | str]) -> dict[str, dict[str, Any]]:
@@ -48,7 +76,15 @@ def decode(raw: Mapping[bytes | str, bytes | str]) -> dict[str, dict[str, Any]]:
 
 class Tallies:
     def __init__(
-        self, redis: Redis, pool: asyncpg.Pool, rooms: Rooms, fanout: Fanout, *, prefix: str, interval: float
+        self,
+        redis: Redis,
+        pool: asyncpg.Pool,
+        rooms: Rooms,
+        fanout: Fanout,
+        *,
+        prefix: str,
+        interval: float,
+        node_id: str = "",
     ) -> None:
         self._redis = redis
         self._pool = pool
@@ -57,6 +93,10 @@ class Tallies:
         self._prefix = prefix
         self._interval = interval
         self._pending: dict[int, Counter[tuple[int, int]]] = {}
+        # Rounds not known to have reached Redis, oldest first: sent again, as they were.
+        self._unsent: list[tuple[int, dict[int, Counter[tuple[int, int]]]]] = []
+        self._round = 0
+        self._marker = f"{prefix}tallyflush:{node_id}:{secrets.token_hex(4)}"
         self._sent: dict[int, bytes | None] = {}  # poll → the version last sent from here
 
     def key(self, poll_id: int) -> str:
@@ -65,6 +105,29 @@ class Tallies:
     def add(self, poll_id: int, delta: Mapping[tuple[int, int], int]) -> None:
         """Count a committed cast (flushed to Redis on the next tick)."""
         self._pending.setdefault(poll_id, Counter()).update(delta)
+
+    async def begin(self, poll_id: int) -> None:
+        """Start a poll's counters at zero, before it opens: no vote is written before this,
+        so the counters need no rebuild from the ledger (which could race the first votes)."""
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hset(self.key(poll_id), "_base", 1)
+                pipe.hincrby(self.key(poll_id), "_v", 1)
+                pipe.expire(self.key(poll_id), TTL)
+                await pipe.execute()
+        except UNAVAILABLE as exc:  # the first round rebuilds them from the ledger instead
+            log.warning("counters of poll %s not started: %r", poll_id, exc)
+
+    def _queue_round(self, pipe: Any, number: int, counts: dict[int, Counter[tuple[int, int]]]) -> None:
+        keys = [self._marker]
+        args: list[Any] = [number, TTL]
+        for poll_id, delta in counts.items():
+            fields = [(f"{q}:{o}", n) for (q, o), n in delta.items() if n]
+            keys.append(self.key(poll_id))
+            args.append(len(fields))
+            for field, n in fields:
+                args += [field, n]
+        pipe.eval(FLUSH, len(keys), *keys, *args)  # the script travels with it: one round trip
 
     async def run(self) -> None:
         while True:
@@ -79,30 +142,24 @@ class Tallies:
                 log.exception("tally round failed")
 
     async def tick(self) -> None:
-        pending, self._pending = self._pending, {}
+        if self._pending:
+            self._round += 1
+            self._unsent.append((self._round, self._pending))
+            self._pending = {}
         watched = {
             poll_id: (room, live)
             for room in self._rooms.by_session.values()
             for poll_id, live in room.open_polls.items()
         }
-        if not pending and not watched:
+        if not self._unsent and not watched:
             return
         async with self._redis.pipeline(transaction=False) as pipe:
-            for poll_id, delta in pending.items():
-                key = self.key(poll_id)
-                for (q, o), n in delta.items():
-                    if n:
-                        pipe.hincrby(key, f"{q}:{o}", n)
-                pipe.hincrby(key, "_v", 1)
-                pipe.expire(key, TTL)
+            for number, counts in self._unsent:
+                self._queue_round(pipe, number, counts)
             for poll_id in watched:
                 pipe.hgetall(self.key(poll_id))
-            try:
-                replies = await pipe.execute()
-            except BaseException:
-                for poll_id, delta in pending.items():  # try again next round
-                    self._pending.setdefault(poll_id, Counter()).update(delta)
-                raise
+            replies = await pipe.execute()  # on failure the rounds stay unsent: again next tick
+        self._unsent.clear()
         for (poll_id, (room, live)), raw in zip(
             watched.items(), replies[len(replies) - len(watched) :], strict=True
         ):
@@ -140,14 +197,17 @@ class Tallies:
             pipe.expire(self.key(poll_id), TTL)
             await pipe.execute()
 
-    async def check(self, poll: polls.Poll, results: dict[str, Any]) -> list[str]:
-        """At close: compare the counters with the ledger's final tally; log what disagrees
-        (the ledger wins) and return it."""
+    async def check(self, poll: polls.Poll, results: dict[str, Any]) -> list[str] | None:
+        """After close: compare the counters with the ledger's final tally; log what disagrees
+        (the ledger wins) and return it, or None when Redis could not be read.
+
+        A cast committed just before the close reaches the counters on its node's next round,
+        so call this once every node has had a round since (see `Live.change_poll`)."""
         try:
             raw = await self._redis.hgetall(self.key(poll.id))
         except UNAVAILABLE as exc:
             log.warning("tally check of poll %s skipped: %r", poll.id, exc)
-            return []
+            return None
         live = decode(raw)
         wrong = []
         for q in results["questions"]:

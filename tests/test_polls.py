@@ -6,7 +6,7 @@ import asyncio
 import csv
 import io
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 import openpyxl
@@ -14,11 +14,15 @@ import pytest
 import pytest_asyncio
 import socketio
 from aiohttp.test_utils import TestClient, TestServer
+from redis import asyncio as aioredis
 
 from config.app import create_app
 from config.auth import Role, mint_token
 from config.services import EmbeddedServices
 from config.settings import Settings
+from interaction.rooms import Rooms
+from interaction.tallies import Tallies
+from tests.faults import FaultProxy, redis_target
 from tests.live import Viewer
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -411,6 +415,89 @@ async def test_who_has_not_voted_and_a_nudge(client, auth, db, people) -> None: 
     closed = await host.call("poll.state", {"poll": poll["id"], "state": "closed"})
     part = closed["results"]["participation"]
     assert part == {"voted": 1, "eligible_present": 2, "rate": 0.5} and closed["results"]["valid"] is True
+
+
+async def tally_check(client: Any) -> str:
+    """The outcome of the node's (first) check of live tallies against the ledger at close."""
+    deadline = asyncio.get_running_loop().time() + 10
+    while True:
+        for line in (await (await client.get("/metrics")).text()).splitlines():
+            if line.startswith("tribune_tally_checks_total{") and not line.endswith(" 0.0"):
+                return line.split('"')[1]
+        assert asyncio.get_running_loop().time() < deadline, "no tally check after the close"
+        await asyncio.sleep(0.05)
+
+
+async def test_live_tallies_are_checked_against_the_ledger_after_the_close(  # type: ignore[no-untyped-def]
+    client, auth, db, people, settings, caplog
+) -> None:
+    await live_session(client, auth, db)
+    host, r1, r2 = people("H1", Role.HOST), people("R1"), people("R2")
+    for p in (host, r1, r2):
+        await p.connect()
+    poll = await make_poll(client, auth, {"kind": "yes_no", "title": "表决", "question": "是否同意？"})
+    (q,) = poll["questions"]
+    yes = q["options"][0]["id"]
+    cast = {"poll": poll["id"], "answers": {str(q["id"]): yes}, "key": "k"}
+    assert (await r1.call("vote.cast", cast))["ok"]
+    # A vote acknowledged a moment before the close is not yet in the counters (they are
+    # updated a round later); the check waits for that and finds them right.
+    assert (await r2.call("vote.cast", cast))["ok"]
+    closed = await host.call("poll.state", {"poll": poll["id"], "state": "closed"})
+    assert closed["results"]["questions"][0]["votes"]["online"] == 2
+    assert await tally_check(client) == "agreed"
+    assert "disagreed" not in caplog.text
+
+    # Counters that went wrong (here: edited behind the node's back) are reported; the
+    # results stay the ledger's.
+    second = await make_poll(client, auth, {"kind": "yes_no", "title": "再表决", "question": "？"})
+    (q2,) = second["questions"]
+    again = {"poll": second["id"], "answers": {str(q2["id"]): q2["options"][0]["id"]}, "key": "k2"}
+    assert (await r1.call("vote.cast", again))["ok"]
+    await host.wait(lambda: any(t["poll"] == second["id"] for t in host.tallies))  # counters set up
+    redis = aioredis.from_url(settings.redis_url)
+    try:
+        await redis.hincrby(f"{settings.redis_prefix}tally:{second['id']}", f"{q2['id']}:0", 5)
+    finally:
+        await redis.aclose()
+    closed = await host.call("poll.state", {"poll": second["id"], "state": "closed"})
+    assert closed["results"]["questions"][0]["votes"]["online"] == 1
+    deadline = asyncio.get_running_loop().time() + 10
+    while (
+        'tribune_tally_checks_total{outcome="disagreed"} 1.0'
+        not in await (await client.get("/metrics")).text()
+    ):
+        assert asyncio.get_running_loop().time() < deadline, "the disagreement was not reported"
+        await asyncio.sleep(0.05)
+    assert f"question {q2['id']}: 6 ballots counted live, 1 in the ledger" in caplog.text
+
+
+@pytest.mark.faults
+async def test_a_tally_round_whose_answer_was_lost_is_counted_once(settings) -> None:  # type: ignore[no-untyped-def]
+    """Redis applied a round of counts but its answer never came: the node cannot tell, sends
+    the round again, and Redis counts it once."""
+    proxy = await FaultProxy(redis_target(settings.redis_url)).start()
+    through = aioredis.from_url(proxy.redis_url(settings.redis_url), socket_timeout=0.5)
+    direct = aioredis.from_url(settings.redis_url)
+    tallies = Tallies(
+        through, cast(Any, None), Rooms(), cast(Any, None), prefix=settings.redis_prefix, interval=0.25
+    )
+    try:
+        await tallies.begin(7)
+        tallies.add(7, {(1, 0): 1, (1, 11): 1})
+        await proxy.delay(1.5)  # the round is applied at once; its answer comes after the timeout
+        with pytest.raises(aioredis.RedisError):
+            await tallies.tick()
+        await proxy.heal()
+        assert (await direct.hgetall(tallies.key(7)))[b"1:0"] == b"1"  # it was applied
+        tallies.add(7, {(1, 0): 1, (1, 12): 1})
+        await tallies.tick()
+        counts = await direct.hgetall(tallies.key(7))
+        assert (counts[b"1:0"], counts[b"1:11"], counts[b"1:12"]) == (b"2", b"1", b"1")
+    finally:
+        await through.aclose()
+        await direct.aclose()
+        await proxy.stop()
 
 
 @pytest.mark.faults
