@@ -665,8 +665,12 @@ class Live:
 
     async def _check_tallies(self, poll: polls.Poll, results: dict[str, Any]) -> None:
         # Casts committed before the close reach the counters on their own node's next round:
-        # compare once every node has had two.
+        # compare once every node has had two, and this node's are known to be there.
         await asyncio.sleep(2 * self.settings.tally_interval)
+        for _ in range(20):
+            if not self.tallies.holds(poll.id):
+                break
+            await asyncio.sleep(self.settings.tally_interval)
         wrong = await self.tallies.check(poll, results)
         outcome = "skipped" if wrong is None else "disagreed" if wrong else "agreed"
         self.metrics.tally_checks.labels(outcome).inc()

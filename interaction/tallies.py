@@ -106,6 +106,10 @@ class Tallies:
         """Count a committed cast (flushed to Redis on the next tick)."""
         self._pending.setdefault(poll_id, Counter()).update(delta)
 
+    def holds(self, poll_id: int) -> bool:
+        """Whether counts of this poll are still on their way from this node to Redis."""
+        return poll_id in self._pending or any(poll_id in counts for _, counts in self._unsent)
+
     async def begin(self, poll_id: int) -> None:
         """Start a poll's counters at zero, before it opens: no vote is written before this,
         so the counters need no rebuild from the ledger (which could race the first votes)."""
