@@ -7,8 +7,11 @@ import io
 from fractions import Fraction
 
 import av
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from aiortc.rtp import RtpPacket
 
 from streaming.broadcast import NOMINAL_FPS, VIDEO_CLOCK, VideoEncoder
+from streaming.clients import _PacketCounter
 from streaming.hls import Part, Segment, Segmenter, mux_ts
 from streaming.testsrc import CLOCK_CELL, draw_text, picture_clock
 
@@ -68,3 +71,44 @@ async def test_a_keyframe_a_little_early_by_media_time_still_ends_the_segment() 
     await segmenter.finish()
     durations = [round(s.duration, 2) for s in segments]
     assert durations[:3] == [1.93, 2.0, 1.93], durations
+
+
+STAP_SPS_PPS = bytes([0x78, 0, 2, 0x67, 0x42, 0, 2, 0x68, 0xCE])  # STAP-A: SPS, PPS
+IDR_FIRST, IDR_LAST = bytes([0x7C, 0x85, 1]), bytes([0x7C, 0x45, 2])  # FU-A of an IDR slice
+P_FIRST, P_LAST, P_WHOLE = bytes([0x5C, 0x81, 1]), bytes([0x5C, 0x41, 2]), bytes([0x41, 1])
+
+
+async def feed(counter: _PacketCounter, packets: list[tuple[bytes, bool, bool]], seq: int = 0) -> None:
+    """(payload, marker, lost) in sending order."""
+    for n, (payload, marker, lost) in enumerate(packets):
+        if not lost:
+            packet = RtpPacket(
+                payload_type=102, sequence_number=(seq + n) & 0xFFFF, marker=marker, payload=payload
+            )
+            await counter.handle(packet, 0)
+
+
+async def test_the_benchmark_viewer_counts_only_frames_that_arrive_whole() -> None:
+    h264 = {102: RTCRtpCodecParameters(mimeType="video/H264", clockRate=90000, payloadType=102)}
+    keyframe = [(STAP_SPS_PPS, False, False), (IDR_FIRST, False, False), (IDR_LAST, True, False)]
+    counter = _PacketCounter(h264)
+    await feed(
+        counter,
+        [
+            *keyframe,
+            (P_WHOLE, True, False),
+            (P_FIRST, False, True),  # lost: this frame is not whole
+            (P_LAST, True, False),
+            (P_WHOLE, True, False),
+        ],
+        seq=65533,  # across the sequence number's wrap
+    )
+    assert counter.frames == 3 and counter.first_keyframe is True
+
+    late = _PacketCounter(h264)  # joins in the middle of a frame, then gets P-frames only
+    await feed(late, [(P_LAST, True, False), (P_WHOLE, True, False), *keyframe])
+    assert late.frames == 2 and late.first_keyframe is False
+
+    other = _PacketCounter({})  # a payload type it was not given (RTX, audio) counts nothing
+    await feed(other, keyframe)
+    assert other.frames == 0
