@@ -138,6 +138,7 @@ async def _watch(
         "first_keyframe": all(k for o in outs for k in o["first_keyframe"]),
         "still_connected": sum(o["still_connected"] for o in outs),
         "errors": [e for o in outs for e in o["errors"]][:5],
+        "generators_cpu": sum(o["cpu_s"] for o in outs),
         "cpu": cpu,
         "took": took,
         "sent": frames_sent,
@@ -163,6 +164,9 @@ def _summary(viewers: int, watched: dict[str, Any], seconds: float) -> dict[str,
         "server_cpu_s": round(watched["cpu"], 2),
         "server_cores": round(watched["cpu"] / watched["took"], 3),
         "server_rss_mb": round(watched["rss"], 1),
+        # The viewers' processes, beside the publisher on the other CPU: near 1 they, not the
+        # server, are what freezes viewers.
+        "load_generator_cores": round(watched["generators_cpu"] / watched["took"], 3),
         "errors": watched["errors"],
     }
 

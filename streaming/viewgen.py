@@ -2,8 +2,10 @@
 
 Reads one JSON job on stdin (`url`, `token`, `viewers`, `decode`: how many of them decode),
 connects its viewers a few at a time and prints `ready N`; on `go SECONDS` it counts the
-video frames each viewer receives for that long and prints one JSON line. The rest count
-frames as they arrive without decoding them: the generator must not be what runs out of CPU.
+video frames each viewer receives for that long and prints one JSON line, with the CPU
+seconds the process used meanwhile. The rest count whole frames from the RTP headers
+without decoding them (`WhepViewer(decode=False)`): the generator must not be what runs
+out of CPU.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import sys
+import time
 from typing import Any
 
 import aiohttp
@@ -61,9 +64,9 @@ async def main() -> None:
         print(f"ready {connected}", flush=True)
         line = (await reader.readline()).decode().split()
         seconds = float(line[1])
-        before = [(v.frames, v.decoded) for v in viewers]
+        before, cpu_before = [(v.frames, v.decoded) for v in viewers], time.process_time()
         await asyncio.sleep(seconds)
-        after = [(v.frames, v.decoded) for v in viewers]
+        after, cpu = [(v.frames, v.decoded) for v in viewers], time.process_time() - cpu_before
         out = {
             "connected": connected,
             "errors": errors[:5],
@@ -71,6 +74,7 @@ async def main() -> None:
             "decoded": [a[1] - b[1] for a, b in zip(after, before, strict=True) if a[1] or b[1]],
             "first_keyframe": [v.first_keyframe for v in viewers],
             "still_connected": sum(v.pc.connectionState == "connected" for v in viewers),
+            "cpu_s": cpu,  # this process, every thread, over the counted window
         }
         print(json.dumps(out), flush=True)
         await asyncio.gather(*(v.stop() for v in viewers), return_exceptions=True)

@@ -102,6 +102,17 @@ def test_bench_hls_small_run() -> None:
     assert figures["live_latency_s"]["by_playlist_clock"]["hls"] is not None
 
 
+def test_bench_whep_small_run(loopback_only: None) -> None:
+    figures = bench("whep", "--viewers", "6", "--seconds", "4", "--no-baseline")["tribune"]
+    assert figures["connected"] == 6 and figures["errors"] == []
+    # Six viewers are nothing to a node: each got the frames the publisher sent, whole,
+    # starting at a keyframe, and the three that decode decoded them.
+    assert figures["frozen_viewers"] == 0 and figures["all_started_at_keyframe"]
+    assert figures["frames_received"]["min"] >= 0.9 * figures["frames_sent"] > 0
+    assert len(figures["decoded_sample"]) == 3 and min(figures["decoded_sample"]) > 0
+    assert figures["server_cores"] > 0 and figures["load_generator_cores"] > 0
+
+
 @pytest.mark.slow
 def test_bench_all_describes_the_machine_and_runs_what_it_is_asked() -> None:
     figures = bench("all", "--only", "scoring")
