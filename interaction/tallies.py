@@ -114,11 +114,7 @@ class Tallies:
         """Start a poll's counters at zero, before it opens: no vote is written before this,
         so the counters need no rebuild from the ledger (which could race the first votes)."""
         try:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.hset(self.key(poll_id), "_base", 1)
-                pipe.hincrby(self.key(poll_id), "_v", 1)
-                pipe.expire(self.key(poll_id), TTL)
-                await pipe.execute()
+            await self._set_base(poll_id, {})
         except UNAVAILABLE as exc:  # the first round rebuilds them from the ledger instead
             log.warning("counters of poll %s not started: %r", poll_id, exc)
 
@@ -182,21 +178,25 @@ class Tallies:
                 del self._sent[poll_id]
 
     async def rebuild(self, poll_id: int) -> None:
-        """Counters lost (Redis restarted, or a poll opened before this node counted): set
+        """Counters lost (Redis restarted, or they could not be started at the opening): set
         them from the ledger."""
         poll = await polls.load(self._pool, poll_id)
         counts = await polls.online_counts(self._pool, poll)
         ballots = await self._pool.fetch(
             "SELECT question_id, count(*) AS n FROM ballots WHERE poll_id = $1 GROUP BY 1", poll_id
         )
-        mapping: dict[Any, Any] = {f"{q}:0": 0 for q in poll.questions}
+        mapping: dict[str, int] = {f"{q}:0": 0 for q in poll.questions}
         mapping.update({f"{r['question_id']}:0": int(r["n"]) for r in ballots})
         for q, per_option in counts.items():
             for o, n in per_option.items():
                 mapping[f"{q}:{o}"] = n
+        await self._set_base(poll_id, mapping)
+
+    async def _set_base(self, poll_id: int, counts: dict[str, int]) -> None:
+        """Set `counts` (fields not named keep theirs) and mark the counters as based."""
+        fields: dict[Any, Any] = {**counts, "_base": 1}
         async with self._redis.pipeline(transaction=True) as pipe:
-            mapping["_base"] = 1
-            pipe.hset(self.key(poll_id), mapping=mapping)
+            pipe.hset(self.key(poll_id), mapping=fields)
             pipe.hincrby(self.key(poll_id), "_v", 1)
             pipe.expire(self.key(poll_id), TTL)
             await pipe.execute()
