@@ -472,6 +472,34 @@ async def test_live_tallies_are_checked_against_the_ledger_after_the_close(  # t
     assert f"question {q2['id']}: 6 ballots counted live, 1 in the ledger" in caplog.text
 
 
+async def test_counters_lost_from_redis_are_rebuilt_from_the_ledger(  # type: ignore[no-untyped-def]
+    client, auth, db, people, settings
+) -> None:
+    await live_session(client, auth, db)
+    host, r1 = people("H1", Role.HOST), people("R1")
+    for p in (host, r1):
+        await p.connect()
+    poll = await make_poll(client, auth, {"kind": "yes_no", "title": "表决", "question": "是否同意？"})
+    (q,) = poll["questions"]
+    yes = q["options"][0]["id"]
+    cast = {"poll": poll["id"], "answers": {str(q["id"]): yes}, "key": "k"}
+    assert (await r1.call("vote.cast", cast))["ok"]
+
+    def counted() -> bool:
+        return bool(host.tallies) and host.tallies[-1]["questions"].get(str(q["id"]), {}).get("votes") == 1
+
+    await host.wait(counted)
+    redis = aioredis.from_url(settings.redis_url)
+    try:
+        await redis.delete(f"{settings.redis_prefix}tally:{poll['id']}")
+        host.tallies.clear()
+        await host.wait(counted)  # a new version, set from the ledger
+        rebuilt = await redis.hgetall(f"{settings.redis_prefix}tally:{poll['id']}")
+    finally:
+        await redis.aclose()
+    assert rebuilt[f"{q['id']}:{yes}".encode()] == b"1" and b"_base" in rebuilt
+
+
 @pytest.mark.faults
 async def test_a_tally_round_whose_answer_was_lost_is_counted_once(settings) -> None:  # type: ignore[no-untyped-def]
     """Redis applied a round of counts but its answer never came: the node cannot tell, sends
