@@ -417,6 +417,17 @@ async def test_who_has_not_voted_and_a_nudge(client, auth, db, people) -> None: 
     assert part == {"voted": 1, "eligible_present": 2, "rate": 0.5} and closed["results"]["valid"] is True
 
 
+async def open_yes_no(client: Any, auth: Any, db: Any, *people: Viewer) -> tuple[Any, Any, dict[str, Any]]:
+    """A live session with `people` connected and an open yes/no poll: the poll, its
+    question and a cast of "yes" (key "k")."""
+    await live_session(client, auth, db)
+    for p in people:
+        await p.connect()
+    poll = await make_poll(client, auth, {"kind": "yes_no", "title": "表决", "question": "是否同意？"})
+    (q,) = poll["questions"]
+    return poll, q, {"poll": poll["id"], "answers": {str(q["id"]): q["options"][0]["id"]}, "key": "k"}
+
+
 async def tally_check(client: Any) -> str:
     """The outcome of the node's (first) check of live tallies against the ledger at close."""
     deadline = asyncio.get_running_loop().time() + 10
@@ -431,14 +442,8 @@ async def tally_check(client: Any) -> str:
 async def test_live_tallies_are_checked_against_the_ledger_after_the_close(  # type: ignore[no-untyped-def]
     client, auth, db, people, settings, caplog
 ) -> None:
-    await live_session(client, auth, db)
     host, r1, r2 = people("H1", Role.HOST), people("R1"), people("R2")
-    for p in (host, r1, r2):
-        await p.connect()
-    poll = await make_poll(client, auth, {"kind": "yes_no", "title": "表决", "question": "是否同意？"})
-    (q,) = poll["questions"]
-    yes = q["options"][0]["id"]
-    cast = {"poll": poll["id"], "answers": {str(q["id"]): yes}, "key": "k"}
+    poll, _, cast = await open_yes_no(client, auth, db, host, r1, r2)
     assert (await r1.call("vote.cast", cast))["ok"]
     # A vote acknowledged a moment before the close is not yet in the counters (they are
     # updated a round later); the check waits for that and finds them right.
@@ -475,14 +480,9 @@ async def test_live_tallies_are_checked_against_the_ledger_after_the_close(  # t
 async def test_counters_lost_from_redis_are_rebuilt_from_the_ledger(  # type: ignore[no-untyped-def]
     client, auth, db, people, settings
 ) -> None:
-    await live_session(client, auth, db)
     host, r1 = people("H1", Role.HOST), people("R1")
-    for p in (host, r1):
-        await p.connect()
-    poll = await make_poll(client, auth, {"kind": "yes_no", "title": "表决", "question": "是否同意？"})
-    (q,) = poll["questions"]
-    yes = q["options"][0]["id"]
-    cast = {"poll": poll["id"], "answers": {str(q["id"]): yes}, "key": "k"}
+    poll, q, cast = await open_yes_no(client, auth, db, host, r1)
+    yes = cast["answers"][str(q["id"])]
     assert (await r1.call("vote.cast", cast))["ok"]
 
     def counted() -> bool:
