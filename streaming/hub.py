@@ -82,7 +82,7 @@ class Viewer:
     rep: str
     pc: RTCPeerConnection
     staff: bool = False
-    tracks: list[relay.ViewerTrack] = field(default_factory=list)
+    tracks: list[relay.ViewerStream] = field(default_factory=list)
     created: float = field(default_factory=time.monotonic)
     closed: bool = False
     settled: asyncio.Event = field(default_factory=asyncio.Event)  # connected, or gone
@@ -514,11 +514,9 @@ class Streaming:
         self.metrics.whep_viewers.set(len(self.viewers))
         try:
             for kind in ("video", "audio") if has_audio else ("video",):
-                track = relay.ViewerTrack(kind, broadcast.request_keyframe)
-                transceiver = pc.addTransceiver(track, direction="sendonly")
+                transceiver = pc.addTransceiver(kind, direction="sendonly")
                 rtc.prefer_sent_codecs(transceiver)
-                relay.share(transceiver.sender, broadcast.request_keyframe)
-                viewer.tracks.append(track)
+                viewer.tracks.append(relay.ViewerStream(transceiver.sender, broadcast.request_keyframe))
             try:
                 await pc.setRemoteDescription(RTCSessionDescription(offer, "offer"))
             except OperationError:

@@ -1,86 +1,190 @@
-"""A viewer's side of the fan-out: a track that hands the broadcast's units to aiortc's
-`RTCRtpSender` as they are, and the two hooks that make the sender share them.
+"""A viewer's side of the fan-out: each unit's RTP packets written straight to the viewer.
 
-aiortc's sender packs anything that is not an `av.Frame` with its encoder's `pack()`, and
-answers a PLI/FIR by flagging its own encoder. Both are private (`_RTCRtpSender__encoder`,
-`_send_keyframe`); they are touched here only, in `share()`.
+aiortc's `RTCRtpSender` runs one task per viewer and track that awaits the next frame,
+builds an `RtpPacket` object per packet, serializes it and awaits three coroutines down
+to the socket. With the payloads already made once by the broadcast, that per-viewer
+Python was most of what a viewer cost. A `ViewerStream` takes the sender's place for
+sending: the broadcast calls `offer()` for every unit, and for each packet it packs the
+12-byte header (this viewer's SSRC, sequence number and timestamp offset) in front of the
+shared payload, protects it with the viewer's SRTP session and hands the datagram to the
+socket of the viewer's ICE pair — no task, no queue, no awaits.
+
+The sender still does everything else: SDP, RTCP (sender reports from the counts kept
+here, receiver reports, PLI/FIR routed to the feed's encoder), and NACK, answered from
+the packets kept here through aiortc's own RTX wrapping. Private parts of aiortc and
+aioice are touched here only, in `ViewerStream.__init__` and `ViewerStream._run`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import struct
 import time
 from collections.abc import Callable
+from typing import Any
 
 from aiortc import RTCRtpSender
-from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.rtcdtlstransport import State
+from aiortc.rtp import HeaderExtensions, RtpPacket, wrap_rtx
+from aiortc.utils import random16, random32, uint16_add
 
 from streaming.broadcast import Unit
 
-QUEUE_UNITS = {"video": 90, "audio": 150}  # about 3 s of each
+HISTORY = 256  # packets kept for NACK: about 2 s of video at 1 Mbit/s
+BACKLOG_BYTES = 256 * 1024  # unsent datagrams before a viewer counts as stalled
+NTP_OFFSET = 2_208_988_800  # seconds from 1900 (NTP) to 1970 (Unix)
+_header = struct.Struct("!BBHLL")
+_extension_header = struct.Struct("!HH")
 
 
-class SharedPacker:
-    """Stands in for a sender's encoder: the payloads were made once, by the broadcast."""
-
-    def pack(self, unit: Unit) -> tuple[list[bytes], int]:
-        return unit.payloads, unit.timestamp
+def ntp_now() -> int:
+    """The wall clock as a 64-bit NTP timestamp (32.32 fixed point)."""
+    return int((time.time() + NTP_OFFSET) * 4_294_967_296)
 
 
-class ViewerTrack(MediaStreamTrack):
-    """One viewer's audio or video. Units offered before the sender reads (the viewer is not
-    connected yet) are dropped, not kept; video starts at a keyframe, and starts over at
-    the next one when the queue overflows."""
+class ViewerStream:
+    """One viewer's audio or video. Units offered before the viewer is connected are
+    dropped, not kept; video starts at a keyframe. A viewer whose socket stops taking
+    datagrams (its backlog over `BACKLOG_BYTES`) is marked by `full_since`, and the hub
+    closes it when that lasts."""
 
-    def __init__(self, kind: str, request_keyframe: Callable[[], None]) -> None:
-        super().__init__()
-        self.kind = kind
-        self._queue: asyncio.Queue[Unit] = asyncio.Queue(QUEUE_UNITS[kind])
+    def __init__(self, sender: RTCRtpSender, request_keyframe: Callable[[], None]) -> None:
+        self.kind = sender.kind
+        self._sender: Any = sender
         self._request_keyframe = request_keyframe
-        self.started = False
-        self._need_keyframe = kind == "video"
+        self.started = False  # negotiated and connected: units are sent
+        self.stopped = False
+        self._need_keyframe = self.kind == "video"
         self.first_unit_keyframe: bool | None = None
         self.delivered = 0
         self.dropped = 0
+        self.retransmitted = 0
         self.full_since: float | None = None
+        self._history: list[tuple[bytes, bytes] | None] = [None] * HISTORY  # header, shared payload
+        self._done: asyncio.Future[None] | None = None
+        # Filled when the sender starts (`_run`).
+        self._dtls: Any = None
+        self._socket: Any = None
+        self._address: tuple[str, int] = ("", 0)
+        self._extensions: Any = None
+        self._mid: str | None = None
+        self._payload_type = 0
+        self._ssrc = 0
+        self._sequence = 0
+        self._origin = 0
+        self._rtx_payload_type: int | None = None
+        self._rtx_sequence = 0
+        sender._run_rtp = self._run  # type: ignore[method-assign]
+        sender._send_keyframe = request_keyframe  # type: ignore[method-assign]
+        sender._retransmit = self._retransmit  # type: ignore[method-assign]
+
+    async def _run(self, codec: Any) -> None:
+        """In place of the sender's RTP task: note what was negotiated and the viewer's
+        socket, then wait until the sender stops; `offer()` does the sending."""
+        sender = self._sender
+        try:
+            self._dtls = sender.transport
+            pair = self._dtls.transport._connection._nominated.get(1)
+            self._socket, self._address = pair.protocol.transport, pair.remote_addr
+            self._extensions = sender._RTCRtpSender__rtp_header_extensions_map
+            self._mid = sender._RTCRtpSender__mid
+            self._payload_type = codec.payloadType
+            self._ssrc = sender._ssrc
+            self._sequence = random16()
+            self._origin = random32()
+            self._rtx_payload_type = sender._RTCRtpSender__rtx_payload_type
+            self._rtx_sequence = random16()
+            self._done = asyncio.get_running_loop().create_future()
+            sender._RTCRtpSender__rtp_started.set()
+            self.started = not self.stopped
+            if self.started and self.kind == "video":
+                self._request_keyframe()
+            await self._done
+        except asyncio.CancelledError:
+            pass
+        finally:
+            self.started = False
+            self.stopped = True
+            sender._RTCRtpSender__rtp_started.set()  # set even when starting failed: stop() waits for it
+            sender._RTCRtpSender__rtp_exited.set()
+
+    def stop(self) -> None:
+        self.stopped = True
+        self.started = False
+        if self._done is not None and not self._done.done():
+            self._done.set_result(None)
 
     def offer(self, unit: Unit) -> None:
-        if unit.kind != self.kind or not self.started or self.readyState != "live":
+        if unit.kind != self.kind or not self.started:
             return
         if self._need_keyframe:
             if not unit.keyframe:
                 self.dropped += 1
                 return
             self._need_keyframe = False
-        try:
-            self._queue.put_nowait(unit)
-            self.full_since = None
-        except asyncio.QueueFull:
-            # Too slow to take what it is sent: drop the backlog, resume at a keyframe.
-            self.dropped += self._queue.qsize() + 1
-            while not self._queue.empty():
-                self._queue.get_nowait()
+        if self._dtls._state != State.CONNECTED or self._socket.is_closing():
+            return
+        if self._socket.get_write_buffer_size() > BACKLOG_BYTES:
+            self.dropped += 1
             if self.full_since is None:
                 self.full_since = time.monotonic()
-            if self.kind == "video":
+            if self.kind == "video":  # what is lost breaks the picture: resume at a keyframe
                 self._need_keyframe = True
                 self._request_keyframe()
-
-    async def recv(self) -> Unit:  # type: ignore[override]
-        if self.readyState != "live":
-            raise MediaStreamError
-        if not self.started:
-            self.started = True  # the sender reads: the viewer is connected
-            if self.kind == "video":
-                self._request_keyframe()
-        unit = await self._queue.get()
+            return
+        self.full_since = None
         if self.first_unit_keyframe is None:
             self.first_unit_keyframe = unit.keyframe
         self.delivered += 1
-        return unit
 
+        extensions = HeaderExtensions()
+        extensions.mid = self._mid
+        extensions.abs_send_time = (ntp_now() >> 14) & 0xFFFFFF
+        profile, value = self._extensions.set(extensions)
+        tail = _extension_header.pack(profile, len(value) >> 2) + value if value else b""
+        first = 0x90 if value else 0x80
+        timestamp = (self._origin + unit.timestamp) & 0xFFFFFFFF
+        protect = self._dtls._tx_srtp.protect
+        sendto, address = self._socket.sendto, self._address
+        history, sequence, ssrc, payload_type = self._history, self._sequence, self._ssrc, self._payload_type
+        last = len(unit.payloads) - 1
+        sent = 0
+        for i, payload in enumerate(unit.payloads):
+            second = payload_type | 0x80 if i == last else payload_type
+            header = _header.pack(first, second, sequence, timestamp, ssrc) + tail
+            history[sequence % HISTORY] = (header, payload)
+            datagram = protect(header + payload)
+            sendto(datagram, address)
+            sent += len(datagram)
+            sequence = (sequence + 1) & 0xFFFF
+        self._sequence = sequence
+        self._count(unit, timestamp, sent)
 
-def share(sender: RTCRtpSender, request_keyframe: Callable[[], None]) -> None:
-    """Make `sender` packetize nothing itself and route keyframe requests to the feed."""
-    sender._RTCRtpSender__encoder = SharedPacker()  # type: ignore[attr-defined]
-    sender._send_keyframe = request_keyframe  # type: ignore[method-assign]
+    def _count(self, unit: Unit, timestamp: int, sent: int) -> None:
+        """What the sender's reports and statistics read, kept as its own loop would."""
+        sender, dtls, packets = self._sender, self._dtls, len(unit.payloads)
+        sender._RTCRtpSender__ntp_timestamp = ntp_now()
+        sender._RTCRtpSender__rtp_timestamp = timestamp
+        sender._RTCRtpSender__octet_count += sum(len(p) for p in unit.payloads)
+        sender._RTCRtpSender__packet_count += packets
+        dtls._RTCDtlsTransport__tx_bytes += sent
+        dtls._RTCDtlsTransport__tx_packets += packets
+
+    async def _retransmit(self, sequence_number: int) -> None:
+        """A NACK: the packet again, wrapped in RTX when the viewer negotiated it."""
+        kept = self._history[sequence_number % HISTORY]
+        if kept is None or not self.started:
+            return
+        packet = RtpPacket.parse(kept[0] + kept[1], self._extensions)
+        if packet.sequence_number != sequence_number:
+            return  # too old: its place holds a newer one
+        if self._rtx_payload_type is not None:
+            packet = wrap_rtx(
+                packet,
+                payload_type=self._rtx_payload_type,
+                sequence_number=self._rtx_sequence,
+                ssrc=self._sender._rtx_ssrc,
+            )
+            self._rtx_sequence = uint16_add(self._rtx_sequence, 1)
+        self.retransmitted += 1
+        await self._dtls._send_rtp(packet.serialize(self._extensions))
