@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 import aiohttp
+import pylibsrtp
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcrtpsender import RTCRtpSender
@@ -139,23 +140,54 @@ class _PacketCounter:
         self._idr = False
 
     async def handle(self, packet: Any, arrival_time_ms: int) -> None:
-        codec = self.codecs.get(packet.payload_type)
+        """In place of the receiver's `_handle_rtp_packet` (packets aiortc parsed)."""
+        self.count(packet.payload_type, packet.sequence_number, packet.marker, packet.payload)
+
+    def count(self, payload_type: int, seq: int, marker: int, payload: bytes) -> None:
+        codec = self.codecs.get(payload_type)
         if codec is None or codec.mimeType != "video/H264":
             return
-        seq = packet.sequence_number
         if self._next_seq is None:
-            self._whole = bool(_nal_types(packet.payload) & {SPS, AUD})
+            self._whole = bool(_nal_types(payload) & {SPS, AUD})
         elif seq != self._next_seq:
             self._whole = False
         self._next_seq = (seq + 1) & 0xFFFF
         if self.first_keyframe is None and not self._idr:
-            self._idr = IDR in _nal_types(packet.payload)
-        if packet.marker:
+            self._idr = IDR in _nal_types(payload)
+        if marker:
             if self._whole:
                 self.frames += 1
                 if self.first_keyframe is None:
                     self.first_keyframe = self._idr
             self._whole, self._idr = True, False
+
+    def take_socket(self, pc: RTCPeerConnection) -> None:
+        """Once connected, read the viewer's RTP off its socket directly: each datagram is
+        SRTP-checked and decrypted with the session DTLS made, as aiortc would, and counted
+        from its header, without aiortc's queue, task switch and packet object per datagram.
+        Everything else (STUN consent checks, DTLS, RTCP) still goes to aiortc."""
+        dtls: Any = next(t.receiver for t in pc.getTransceivers() if t.kind == "video").transport
+        pair = dtls.transport._connection._nominated.get(1)
+        if pair is None or dtls._rx_srtp is None:
+            return
+        protocol, unprotect, count = pair.protocol, dtls._rx_srtp.unprotect, self.count
+        aiortc_receives = protocol.datagram_received
+
+        def received(data: bytes, addr: tuple[Any, ...]) -> None:
+            if len(data) < 12 or not 127 < data[0] < 192 or 63 < data[1] & 0x7F < 96:
+                aiortc_receives(data, addr)  # not RTP (RFC 7983, RFC 5761): STUN, DTLS, RTCP
+                return
+            try:
+                packet = unprotect(data)
+            except pylibsrtp.Error:
+                return
+            start = 12 + 4 * (packet[0] & 0x0F)
+            if packet[0] & 0x10:  # a header extension
+                start += 4 + 4 * int.from_bytes(packet[start + 2 : start + 4], "big")
+            end = len(packet) - packet[-1] if packet[0] & 0x20 else len(packet)  # padding
+            count(packet[1] & 0x7F, int.from_bytes(packet[2:4], "big"), packet[1] >> 7, packet[start:end])
+
+        protocol.datagram_received = received
 
 
 async def _ignore(packet: Any, arrival_time_ms: int) -> None:
@@ -203,6 +235,12 @@ class WhepViewer:
             counter = _PacketCounter(video.receiver._RTCRtpReceiver__codecs)  # type: ignore[attr-defined]
             self._tap = counter
             video.receiver._handle_rtp_packet = counter.handle  # type: ignore[method-assign]
+
+            @self.pc.on("connectionstatechange")
+            def connected() -> None:
+                if self.pc.connectionState == "connected":
+                    counter.take_socket(self.pc)
+
         if self.audio:
             audio = self.pc.addTransceiver("audio", direction="recvonly")
             if not self.decode:
