@@ -31,7 +31,8 @@ from aiortc.utils import random16, random32, uint16_add
 from streaming.broadcast import Unit
 
 HISTORY = 256  # packets kept for NACK: about 2 s of video at 1 Mbit/s
-BACKLOG_BYTES = 256 * 1024  # unsent datagrams before a viewer counts as stalled
+BACKLOG_BYTES = 256 * 1024  # unsent datagrams at which a viewer is backed up
+DRAINED_BYTES = 32 * 1024  # and the backlog it must get down to before it is sent more
 NTP_OFFSET = 2_208_988_800  # seconds from 1900 (NTP) to 1970 (Unix)
 _header = struct.Struct("!BBHLL")
 _extension_header = struct.Struct("!HH")
@@ -45,8 +46,10 @@ def ntp_now() -> int:
 class ViewerStream:
     """One viewer's audio or video. Units offered before the viewer is connected are
     dropped, not kept; video starts at a keyframe. A viewer whose socket stops taking
-    datagrams (its backlog over `BACKLOG_BYTES`) is marked by `full_since`, and the hub
-    closes it when that lasts."""
+    datagrams (a backlog over `BACKLOG_BYTES`) is sent nothing more until the backlog is
+    down to `DRAINED_BYTES`, then resumes at a fresh keyframe; `full_since` marks it
+    meanwhile, and the hub closes a viewer that stays backed up (a link slower than the
+    feed)."""
 
     def __init__(self, sender: RTCRtpSender, request_keyframe: Callable[[], None]) -> None:
         self.kind = sender.kind
@@ -117,22 +120,26 @@ class ViewerStream:
     def offer(self, unit: Unit) -> None:
         if unit.kind != self.kind or not self.started:
             return
+        if self._dtls._state != State.CONNECTED or self._socket.is_closing():
+            return
+        backlog = self._socket.get_write_buffer_size()
+        if self.full_since is not None:  # backed up: nothing more until the backlog drains
+            if backlog > DRAINED_BYTES:
+                self.dropped += 1
+                return
+            self.full_since = None
+            if self.kind == "video":
+                self._request_keyframe()  # what was dropped broke the picture: a fresh one
+        elif backlog > BACKLOG_BYTES:
+            self.dropped += 1
+            self.full_since = time.monotonic()
+            self._need_keyframe = self.kind == "video"
+            return
         if self._need_keyframe:
             if not unit.keyframe:
                 self.dropped += 1
                 return
             self._need_keyframe = False
-        if self._dtls._state != State.CONNECTED or self._socket.is_closing():
-            return
-        if self._socket.get_write_buffer_size() > BACKLOG_BYTES:
-            self.dropped += 1
-            if self.full_since is None:
-                self.full_since = time.monotonic()
-            if self.kind == "video":  # what is lost breaks the picture: resume at a keyframe
-                self._need_keyframe = True
-                self._request_keyframe()
-            return
-        self.full_since = None
         if self.first_unit_keyframe is None:
             self.first_unit_keyframe = unit.keyframe
         self.delivered += 1

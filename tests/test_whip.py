@@ -4,7 +4,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
+import shutil
+import subprocess
+from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
@@ -323,6 +327,70 @@ async def test_a_publisher_that_never_connects_is_let_go(client: Any, auth: Any,
     await until(lambda: not hub.ingests, seconds=15)  # handshake timeout (5 s here)
     assert await hub.owner("main") is None
     assert await db.fetchval("SELECT state FROM feeds WHERE id = 'main'") == "idle"  # never went live
+
+
+def _tc(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["tc", *args], capture_output=True, text=True, check=False)
+
+
+@contextlib.contextmanager
+def throttled_udp_to(port: int, rate: str) -> Iterator[None]:
+    """Datagrams to `port` on loopback leave at `rate` (an HTB class picked by a u32 filter);
+    everything else goes at full speed. Only inside the tests' own network namespace."""
+    steps = [
+        ("qdisc", "add", "dev", "lo", "root", "handle", "1:", "htb", "default", "10"),
+        ("class", "add", "dev", "lo", "parent", "1:", "classid", "1:10", "htb", "rate", "10gbit"),
+        ("class", "add", "dev", "lo", "parent", "1:", "classid", "1:20", "htb", "rate", rate),
+        ("filter", "add", "dev", "lo", "parent", "1:", "protocol", "ip", "u32", "match", "ip",
+         "protocol", "17", "0xff", "match", "ip", "dport", str(port), "0xffff", "flowid", "1:20"),
+    ]  # fmt: skip
+    for step in steps:
+        if (done := _tc(*step)).returncode != 0:
+            _tc("qdisc", "del", "dev", "lo", "root")
+            pytest.skip(f"cannot shape loopback here (tc {' '.join(step[:2])}): {done.stderr.strip()}")
+    try:
+        yield
+    finally:
+        _tc("qdisc", "del", "dev", "lo", "root")
+
+
+@pytest.mark.faults
+async def test_a_viewer_whose_network_cannot_keep_up_is_closed_and_others_play_on(
+    client: Any, auth: Any, db: Any
+) -> None:
+    """A viewer on a link far slower than the feed: datagrams back up in the node's socket
+    for it, the node stops queueing more for it and closes it after STALLED_SECONDS; a viewer
+    beside it on a good link loses nothing meanwhile."""
+    if shutil.which("tc") is None:
+        pytest.skip("needs tc (iproute2) to slow one viewer's link")
+    await live_session(client, auth, db)
+    key = await make_feed(client, auth)
+    base = str(client.make_url(""))
+    hub = client.server.app[STREAMING]
+    async with aiohttp.ClientSession() as http:
+        publisher = WhipPublisher(f"{base}/whip/main", key, [PatternVideo(), Tone()])
+        slow = WhepViewer(f"{base}/whep/main", bearer(auth("R1")), decode=False)
+        good = WhepViewer(f"{base}/whep/main", bearer(auth("R2")), decode=False)
+        try:
+            await publisher.start(http)
+            await until(lambda: hub.live_here("main") is not None)
+            await slow.start(http)
+            await good.start(http)
+            await until(lambda: slow.frames > 10 and good.frames > 10)
+            dtls: Any = slow.receiver.transport
+            port = dtls.transport._connection._nominated[1].protocol.transport.get_extra_info("sockname")[1]
+            with throttled_udp_to(port, "64kbit"):
+                await until(lambda: len(hub.viewers) == 1, seconds=30)
+                frames = good.frames
+                await asyncio.sleep(2.0)
+                assert good.frames - frames >= 50  # 30 frames a second, none spoiled
+            (left,) = hub.viewers.values()
+            assert left.rep == "R2"
+            assert left.pc.connectionState == "connected"
+        finally:
+            await slow.stop(http)
+            await good.stop(http)
+            await publisher.stop(http)
 
 
 @pytest.mark.faults
