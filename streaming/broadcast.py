@@ -193,7 +193,11 @@ class Broadcast:
         for unit in units:
             self.units_out += 1
             for sink in tuple(self.sinks):
-                sink.offer(unit)
+                try:
+                    sink.offer(unit)
+                except Exception:  # one viewer's (or the segmenter's) fault ends only its share
+                    log.exception("feed %s: a sink failed and is given nothing more: %r", self.feed_id, sink)
+                    self.sinks.discard(sink)
 
     # --- the publisher's tracks ------------------------------------------------------------
 

@@ -11,8 +11,9 @@ socket of the viewer's ICE pair — no task, no queue, no awaits.
 
 The sender still does everything else: SDP, RTCP (sender reports from the counts kept
 here, receiver reports, PLI/FIR routed to the feed's encoder), and NACK, answered from
-the packets kept here through aiortc's own RTX wrapping. Private parts of aiortc and
-aioice are touched here only, in `ViewerStream.__init__` and `ViewerStream._run`.
+the packets kept here through aiortc's own RTX wrapping. This module is the only place
+the node touches private parts of aiortc and aioice (the sender's state, the DTLS
+transport's SRTP session, the ICE pair's socket); the tests pin their behaviour.
 """
 
 from __future__ import annotations

@@ -7,10 +7,11 @@ import io
 from fractions import Fraction
 
 import av
+import pytest
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
 
-from streaming.broadcast import NOMINAL_FPS, VIDEO_CLOCK, VideoEncoder
+from streaming.broadcast import NOMINAL_FPS, VIDEO_CLOCK, Broadcast, Unit, VideoEncoder
 from streaming.clients import _PacketCounter
 from streaming.hls import Part, Segment, Segmenter, mux_ts
 from streaming.testsrc import CLOCK_CELL, draw_text, picture_clock
@@ -112,3 +113,34 @@ async def test_the_benchmark_viewer_counts_only_frames_that_arrive_whole() -> No
     other = _PacketCounter({})  # a payload type it was not given (RTX, audio) counts nothing
     await feed(other, keyframe)
     assert other.frames == 0
+
+
+def test_a_sink_that_fails_is_dropped_and_the_others_go_on(caplog: pytest.LogCaptureFixture) -> None:
+    """Each viewer sends from the broadcast's own call: one that raises must not stop the
+    feed's encoding for everyone (the video loop ends on an exception it does not catch)."""
+
+    class Keeper:
+        def __init__(self) -> None:
+            self.units: list[Unit] = []
+
+        def offer(self, unit: Unit) -> None:
+            self.units.append(unit)
+
+    class Broken:
+        def offer(self, unit: Unit) -> None:
+            raise ValueError("a viewer's socket went wrong")
+
+    broadcast = Broadcast("f", bitrate=300_000, max_height=180, keyframe_interval=2.0, keyframe_debounce=0.5)
+    before, broken, after = Keeper(), Broken(), Keeper()
+    for sink in (before, broken, after):
+        broadcast.add(sink)
+    source = av.open(f"testsrc2=size=320x180:rate={NOMINAL_FPS}", format="lavfi")
+    frames = source.decode(video=0)
+    for n in range(10):
+        frame = next(frames)
+        frame.pts, frame.time_base = n * VIDEO_CLOCK // NOMINAL_FPS, Fraction(1, VIDEO_CLOCK)
+        broadcast._offer(broadcast.video.encode(frame, n == 0))
+    source.close()
+    assert len(before.units) == len(after.units) == broadcast.units_out > 0
+    assert broken not in broadcast.sinks
+    assert "a sink failed" in caplog.text and "a viewer's socket went wrong" in caplog.text
