@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import queue
-import time
 from typing import Any
 
 import aiohttp
@@ -86,7 +85,6 @@ class _FrameTap:
         self.inner = inner
         self.frames = 0
         self.first_keyframe: bool | None = None
-        self.first_at: float | None = None
 
     def put(self, item: Any) -> None:
         if item is not None:
@@ -94,7 +92,6 @@ class _FrameTap:
             if codec.mimeType == "video/H264":
                 if self.first_keyframe is None:
                     self.first_keyframe = is_keyframe(frame.data)
-                    self.first_at = time.monotonic()
                 self.frames += 1
         self.inner.put(item)
 

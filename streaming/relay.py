@@ -59,10 +59,6 @@ class ViewerStream:
         self.started = False  # negotiated and connected: units are sent
         self.stopped = False
         self._need_keyframe = self.kind == "video"
-        self.first_unit_keyframe: bool | None = None
-        self.delivered = 0
-        self.dropped = 0
-        self.retransmitted = 0
         self.full_since: float | None = None
         self._history: list[tuple[bytes, bytes] | None] = [None] * HISTORY  # header, shared payload
         self._done: asyncio.Future[None] | None = None
@@ -126,28 +122,23 @@ class ViewerStream:
         backlog = self._socket.get_write_buffer_size()
         if self.full_since is not None:  # backed up: nothing more until the backlog drains
             if backlog > DRAINED_BYTES:
-                self.dropped += 1
                 return
             self.full_since = None
             if self.kind == "video":
                 self._request_keyframe()  # what was dropped broke the picture: a fresh one
         elif backlog > BACKLOG_BYTES:
-            self.dropped += 1
             self.full_since = time.monotonic()
             self._need_keyframe = self.kind == "video"
             return
         if self._need_keyframe:
             if not unit.keyframe:
-                self.dropped += 1
                 return
             self._need_keyframe = False
-        if self.first_unit_keyframe is None:
-            self.first_unit_keyframe = unit.keyframe
-        self.delivered += 1
 
         extensions = HeaderExtensions()
         extensions.mid = self._mid
-        extensions.abs_send_time = (ntp_now() >> 14) & 0xFFFFFF
+        now = ntp_now()
+        extensions.abs_send_time = (now >> 14) & 0xFFFFFF
         profile, value = self._extensions.set(extensions)
         tail = _extension_header.pack(profile, len(value) >> 2) + value if value else b""
         first = 0x90 if value else 0x80
@@ -156,27 +147,25 @@ class ViewerStream:
         sendto, address = self._socket.sendto, self._address
         history, sequence, ssrc, payload_type = self._history, self._sequence, self._ssrc, self._payload_type
         last = len(unit.payloads) - 1
-        sent = 0
+        octets = sent = 0
         for i, payload in enumerate(unit.payloads):
             second = payload_type | 0x80 if i == last else payload_type
             header = _header.pack(first, second, sequence, timestamp, ssrc) + tail
             history[sequence % HISTORY] = (header, payload)
             datagram = protect(header + payload)
             sendto(datagram, address)
+            octets += len(payload)
             sent += len(datagram)
             sequence = (sequence + 1) & 0xFFFF
         self._sequence = sequence
-        self._count(unit, timestamp, sent)
-
-    def _count(self, unit: Unit, timestamp: int, sent: int) -> None:
-        """What the sender's reports and statistics read, kept as its own loop would."""
-        sender, dtls, packets = self._sender, self._dtls, len(unit.payloads)
-        sender._RTCRtpSender__ntp_timestamp = ntp_now()
+        # What the sender's reports and statistics read, kept as its own loop would.
+        sender, dtls = self._sender, self._dtls
+        sender._RTCRtpSender__ntp_timestamp = now
         sender._RTCRtpSender__rtp_timestamp = timestamp
-        sender._RTCRtpSender__octet_count += sum(len(p) for p in unit.payloads)
-        sender._RTCRtpSender__packet_count += packets
+        sender._RTCRtpSender__octet_count += octets
+        sender._RTCRtpSender__packet_count += last + 1
         dtls._RTCDtlsTransport__tx_bytes += sent
-        dtls._RTCDtlsTransport__tx_packets += packets
+        dtls._RTCDtlsTransport__tx_packets += last + 1
 
     async def _retransmit(self, sequence_number: int) -> None:
         """A NACK: the packet again, wrapped in RTX when the viewer negotiated it."""
@@ -194,5 +183,4 @@ class ViewerStream:
                 ssrc=self._sender._rtx_ssrc,
             )
             self._rtx_sequence = uint16_add(self._rtx_sequence, 1)
-        self.retransmitted += 1
         await self._dtls._send_rtp(packet.serialize(self._extensions))
