@@ -31,6 +31,13 @@ CONTENT_SECURITY_POLICY = (
     "frame-ancestors 'none'; form-action 'self'"
 )
 
+# Headers every response carries (pages add their own policy on top).
+EDGE_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+}
+
 # Errors that mean PostgreSQL or Redis is unreachable, not that the request is wrong.
 UNAVAILABLE = (
     OSError,
@@ -85,9 +92,8 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
         response = _response_for(request, exc)
     metrics.served(request.method, route_name, response.status, time.perf_counter() - started)
     headers = response.headers
-    headers.setdefault("X-Content-Type-Options", "nosniff")
-    headers.setdefault("Referrer-Policy", "no-referrer")
-    headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+    for name, value in EDGE_HEADERS.items():
+        headers.setdefault(name, value)
     if request.path.startswith("/api/"):
         headers.setdefault("Cache-Control", "no-store")
     return response

@@ -4,12 +4,15 @@ of feeds and their stream keys (see docs/protocol.md)."""
 from __future__ import annotations
 
 import asyncio
+import enum
 import hashlib
 import json
+import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 import asyncpg
 import msgspec
@@ -18,6 +21,7 @@ from aiohttp import web
 from config import keys
 from config.auth import AuthError, Principal, Role, local_secret, require_role
 from config.errors import BadRequest, Forbidden, NotFound, Unauthorized
+from config.front import Answer, Quick, quick_routes
 from config.settings import Settings
 from config.web import caller, json_response, read_body, read_json
 from recorder import feeds as ledger
@@ -197,9 +201,10 @@ async def rotate_key(request: web.Request) -> web.Response:
 async def get_feed(request: web.Request) -> web.Response:
     feed_id = ledger.check_id(request.match_info["feed"])
     _, row = await _viewer(request, feed_id, whep=False)
-    public = await _is_public(request, feed_id)
+    public = await _is_public(request.app, feed_id)
     urls = {
-        kind: _media_url(request, feed_id, f"/{kind}/{feed_id}/index.m3u8", public) for kind in ("hls", "vod")
+        kind: _media_url(request.app, feed_id, f"/{kind}/{feed_id}/index.m3u8", public)
+        for kind in ("hls", "vod")
     }
     return json_response({"feed": ledger.view(row), "whep": f"/whep/{feed_id}", **urls})
 
@@ -214,26 +219,32 @@ def signing_key(settings: Settings) -> bytes:
     return hashlib.sha256(b"tribune hls\n" + secret.encode()).digest()
 
 
-async def _is_public(request: web.Request, feed_id: str) -> bool:
-    """Whether the feed's session is public (no signature needed); cached for 10 s."""
-    cache = request.app[PUBLIC_FEEDS]
-    now = time.monotonic()
-    if (hit := cache.get(feed_id)) is not None and now - hit[0] < 10:
+def _known_public(app: web.Application, feed_id: str) -> bool | None:
+    """Whether the feed's session is public, if known in the last 10 s; else None."""
+    hit = app[PUBLIC_FEEDS].get(feed_id)
+    if hit is not None and time.monotonic() - hit[0] < 10:
         return hit[1]
-    audience = await request.app[keys.DB].fetchval(
+    return None
+
+
+async def _is_public(app: web.Application, feed_id: str) -> bool:
+    """Whether the feed's session is public (no signature needed); cached for 10 s."""
+    if (known := _known_public(app, feed_id)) is not None:
+        return known
+    audience = await app[keys.DB].fetchval(
         "SELECT s.audience FROM feeds f JOIN sessions s ON s.id = f.session_id WHERE f.id = $1", feed_id
     )
     if audience is None:
         raise NotFound(f"no feed {feed_id!r}")
     public = bool(audience == "public")
-    cache[feed_id] = (now, public)
+    app[PUBLIC_FEEDS][feed_id] = (time.monotonic(), public)
     return public
 
 
 async def _hls_access(request: web.Request, feed_id: str) -> bool:
     """Raises Forbidden for a URL that needs a signature and lacks a good one; returns
     whether the feed is public."""
-    if await _is_public(request, feed_id):
+    if await _is_public(request.app, feed_id):
         return True
     q = request.query
     problem = hls.verify(request.app[HLS_KEY], feed_id, request.path, q.get("exp"), q.get("sig"))
@@ -242,18 +253,27 @@ async def _hls_access(request: web.Request, feed_id: str) -> bool:
     return False
 
 
-def _media_url(request: web.Request, feed_id: str, path: str, public: bool) -> str:
+def _media_url(app: web.Application, feed_id: str, path: str, public: bool) -> str:
     """`path` as a viewer requests it: as is for a public session, else signed."""
     if public:
         return path
-    return hls.sign(request.app[HLS_KEY], feed_id, path, request.app[keys.SETTINGS].hls_url_ttl)
+    return hls.sign(app[HLS_KEY], feed_id, path, app[keys.SETTINGS].hls_url_ttl)
 
 
-def _segment_uri(request: web.Request, feed_id: str, kind: str, public: bool) -> Callable[[int], str]:
-    return lambda seq: _media_url(request, feed_id, f"/{kind}/{feed_id}/{seq}.ts", public)
+def _segment_uri(app: web.Application, feed_id: str, kind: str, public: bool) -> Callable[[int], str]:
+    return lambda seq: _media_url(app, feed_id, f"/{kind}/{feed_id}/{seq}.ts", public)
 
 
 PLAYLIST = "application/vnd.apple.mpegurl"
+SEGMENT = "video/mp2t"
+
+
+def _live_playlist_cache(public: bool) -> str:
+    return "public, max-age=1" if public else "private, max-age=1"
+
+
+def _segment_cache(public: bool) -> str:
+    return f"{'public' if public else 'private'}, max-age=86400, immutable"
 
 
 def _media(body: bytes | str, content_type: str, cache: str) -> web.Response:
@@ -268,6 +288,25 @@ def _query_int(request: web.Request, name: str) -> int | None:
     if not value.isdigit() or len(value) > 9:
         raise BadRequest(f"{name} must be a whole number")
     return int(value)
+
+
+def _has_live_hls(index: dict[str, Any] | None) -> bool:
+    return bool(index and (index.get("segments") or index.get("open")))
+
+
+def _playlist_body(app: web.Application, feed_id: str, public: bool, index: dict[str, Any]) -> bytes:
+    """The live playlist of `index`; rendered once per index the bus hands out."""
+    rendered = app[PLAYLISTS]
+    hit = rendered.get((feed_id, public))
+    if hit is not None and hit[0] is index:
+        return hit[1]
+
+    def part_uri(seq: int, i: int) -> str:
+        return _media_url(app, feed_id, f"/hls/{feed_id}/{seq}.{i}.ts", public)
+
+    body = hls.playlist(index, _segment_uri(app, feed_id, "hls", public), part_uri=part_uri).encode()
+    rendered[(feed_id, public)] = (index, body)
+    return body
 
 
 async def hls_playlist(request: web.Request) -> web.Response:
@@ -288,22 +327,12 @@ async def hls_playlist(request: web.Request) -> web.Response:
             raise BadRequest(f"_HLS_msn={msn} is too far ahead of the playlist (last segment {last})")
         timeout = 3 * request.app[keys.SETTINGS].hls_segment_seconds
         index = await bus.wait(feed_id, lambda i: hls.has_reached(i, msn, part), timeout) or index
-    if not index or not (index.get("segments") or index.get("open")):
+    if index is None or not _has_live_hls(index):
         raise NotFound(
             f"feed {feed_id!r} has no live HLS now; it starts a few seconds after the feed goes live"
         )
-
-    def part_uri(seq: int, i: int) -> str:
-        return _media_url(request, feed_id, f"/hls/{feed_id}/{seq}.{i}.ts", public)
-
-    rendered = request.app[PLAYLISTS]
-    hit = rendered.get((feed_id, public))
-    if hit is not None and hit[0] is index:
-        body = hit[1]
-    else:
-        body = hls.playlist(index, _segment_uri(request, feed_id, "hls", public), part_uri=part_uri).encode()
-        rendered[(feed_id, public)] = (index, body)
-    return _media(body, PLAYLIST, "public, max-age=1" if public else "private, max-age=1")
+    body = _playlist_body(request.app, feed_id, public, index)
+    return _media(body, PLAYLIST, _live_playlist_cache(public))
 
 
 async def hls_part(request: web.Request) -> web.Response:
@@ -321,7 +350,7 @@ async def hls_part(request: web.Request) -> web.Response:
             data = await bus.media(feed_id, name)
     if data is None:
         raise NotFound("no such part (parts stay on the bus for hls_ttl seconds)")
-    return _media(data, "video/mp2t", f"{'public' if public else 'private'}, max-age=86400, immutable")
+    return _media(data, SEGMENT, _segment_cache(public))
 
 
 async def hls_segment(request: web.Request) -> web.Response:
@@ -331,7 +360,76 @@ async def hls_segment(request: web.Request) -> web.Response:
     data = await bus.media(feed_id, f"seg:{int(request.match_info['seq'])}") if bus is not None else None
     if data is None:
         raise NotFound("no such segment (segments stay on the bus for hls_ttl seconds)")
-    return _media(data, "video/mp2t", f"{'public' if public else 'private'}, max-age=86400, immutable")
+    return _media(data, SEGMENT, _segment_cache(public))
+
+
+# --- the same three answered by the HTTP front, from memory -----------------------------
+
+_QUICK_HLS = re.compile(rf"/hls/({ledger.FEED_ID})/(?:(index)\.m3u8|(\d{{1,9}})(?:\.(\d{{1,3}}))?\.ts)")
+
+
+class _Cold(enum.Enum):
+    """Something the answer needs is not in the node's memory yet."""
+
+    COLD = 0
+
+
+def _quick_hls(app: web.Application) -> Quick:
+    """Live HLS answered by the front (config/front.py) when all it takes is in memory: the
+    session's audience, the bus's index or the media. A blocking reload, a missing or
+    not yet cut segment, a refused signature, anything to report is left to the handlers
+    above."""
+
+    def look(path: str, query: str, fetched: Any = _Cold.COLD) -> Answer | _Cold | None:
+        """The answer from memory; with `fetched`, from the index or media just read."""
+        match = _QUICK_HLS.fullmatch(path)
+        bus = app[STREAMING].bus
+        if match is None or bus is None or "_HLS_" in query:
+            return None
+        feed_id, playlist, seq, part = match.groups()
+        public = _known_public(app, feed_id)
+        if public is None:
+            return _Cold.COLD
+        if not public:
+            fields = dict(parse_qsl(query))
+            if hls.verify(app[HLS_KEY], feed_id, path, fields.get("exp"), fields.get("sig")) is not None:
+                return None
+        if playlist:
+            if fetched is _Cold.COLD:
+                fresh, fetched = bus.cached_index(feed_id)
+                if not fresh:
+                    return _Cold.COLD
+            if fetched is None or not _has_live_hls(fetched):
+                return None
+            body = _playlist_body(app, feed_id, public, fetched)
+            return Answer("/hls/{feed}/index.m3u8", PLAYLIST, _live_playlist_cache(public), body)
+        if fetched is _Cold.COLD:
+            fetched = bus.cached_media(feed_id, f"seg:{seq}" if part is None else f"part:{seq}.{part}")
+            if fetched is None:
+                return _Cold.COLD
+        if fetched is None:
+            return None
+        route = "/hls/{feed}/{seq}.ts" if part is None else "/hls/{feed}/{seq}.{part}.ts"
+        return Answer(route, SEGMENT, _segment_cache(public), fetched)
+
+    async def warm(path: str, query: str) -> Answer | None:
+        match = _QUICK_HLS.fullmatch(path)
+        bus = app[STREAMING].bus
+        assert match is not None and bus is not None
+        feed_id, playlist, seq, part = match.groups()
+        await _is_public(app, feed_id)
+        if playlist:
+            fetched: Any = await bus.index(feed_id)
+        else:
+            fetched = await bus.media(feed_id, f"seg:{seq}" if part is None else f"part:{seq}.{part}")
+        answer = look(path, query, fetched)
+        return answer if isinstance(answer, Answer) else None
+
+    def quick(path: str, query: str) -> Answer | Awaitable[Answer | None] | None:
+        answer = look(path, query)
+        return warm(path, query) if answer is _Cold.COLD else answer
+
+    return quick
 
 
 def _recording(request: web.Request, feed_id: str) -> Path:
@@ -346,7 +444,7 @@ async def vod_playlist(request: web.Request) -> web.Response:
     public = await _hls_access(request, feed_id)
     run = _recording(request, feed_id)
     index = json.loads(await asyncio.to_thread((run / "index.json").read_text))
-    text = hls.playlist(index, _segment_uri(request, feed_id, "vod", public), vod=bool(index["ended"]))
+    text = hls.playlist(index, _segment_uri(request.app, feed_id, "vod", public), vod=bool(index["ended"]))
     return _media(text, PLAYLIST, "private, max-age=2")
 
 
@@ -358,7 +456,7 @@ async def vod_segment(request: web.Request) -> web.Response:
         data = await asyncio.to_thread(path.read_bytes)
     except FileNotFoundError:
         raise NotFound("no such segment in the recording") from None
-    return _media(data, "video/mp2t", f"{'public' if public else 'private'}, max-age=86400, immutable")
+    return _media(data, SEGMENT, _segment_cache(public))
 
 
 class CutSpec(msgspec.Struct, forbid_unknown_fields=True):
@@ -433,6 +531,7 @@ def attach(app: web.Application) -> Streaming:
     r.add_get("/hls/{feed}/index.m3u8", hls_playlist)
     r.add_get(r"/hls/{feed}/{seq:\d{1,9}}.ts", hls_segment)
     r.add_get(r"/hls/{feed}/{seq:\d{1,9}}.{part:\d{1,3}}.ts", hls_part)
+    quick_routes(app).add("/hls/", _quick_hls(app))
     r.add_get("/vod/{feed}/index.m3u8", vod_playlist)
     r.add_get(r"/vod/{feed}/{seq:\d{1,9}}.ts", vod_segment)
     return hub

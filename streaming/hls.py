@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlencode
 
 import av
@@ -474,6 +474,7 @@ class SegmentBus:
         self._media: OrderedDict[tuple[str, str], bytes] = OrderedDict()
         self._watches: dict[str, _Watch] = {}
         self._published: dict[str, dict[str, Any]] = {}  # indexes of the feeds this node writes
+        self._reading: dict[tuple[str, str], asyncio.Future[Any]] = {}
         self.cache_limit = 256
 
     def _key(self, feed_id: str, what: str) -> str:
@@ -531,16 +532,33 @@ class SegmentBus:
             await self.redis.set(self._key(feed_id, "index"), json.dumps(index), px=self.ttl_ms)
         self._index_cache.pop(feed_id, None)
 
-    async def index(self, feed_id: str, *, fresh: bool = False) -> dict[str, Any] | None:
-        now = time.monotonic()
+    def cached_index(self, feed_id: str) -> tuple[bool, dict[str, Any] | None]:
+        """(whether the node's copy of the feed's index is fresh, that copy)."""
         cached = self._index_cache.get(feed_id)
+        if cached is None:
+            return False, None
         max_age = self.POLL if feed_id in self._watches else 0.25
-        if cached is not None and not fresh and now - cached[0] < max_age:
-            return cached[1]
-        raw = await self.redis.get(self._key(feed_id, "index"))
+        return time.monotonic() - cached[0] < max_age, cached[1]
+
+    async def index(self, feed_id: str, *, fresh: bool = False) -> dict[str, Any] | None:
+        is_fresh, cached = self.cached_index(feed_id)
+        if is_fresh and not fresh:
+            return cached
+        return cast("dict[str, Any] | None", await self._once(("index", feed_id), self._read_index))
+
+    async def _read_index(self, key: tuple[str, str]) -> dict[str, Any] | None:
+        raw = await self.redis.get(self._key(key[1], "index"))
         value = json.loads(raw) if raw else None
-        self._index_cache[feed_id] = (now, value)
+        self._index_cache[key[1]] = (time.monotonic(), value)
         return value
+
+    async def _once(self, key: tuple[str, str], read: Callable[[tuple[str, str]], Awaitable[Any]]) -> Any:
+        """`read(key)`, shared by every request asking for the same key while it runs: a new
+        segment is asked for by every player at once, and read from Redis once."""
+        if (running := self._reading.get(key)) is None:
+            running = self._reading[key] = asyncio.ensure_future(read(key))
+            running.add_done_callback(lambda _: self._reading.pop(key, None))
+        return await asyncio.shield(running)
 
     async def wait(
         self, feed_id: str, ready: Callable[[dict[str, Any]], bool], timeout: float
@@ -593,13 +611,21 @@ class SegmentBus:
                 await poller
         self._watches.clear()
 
-    async def media(self, feed_id: str, name: str) -> bytes | None:
-        """A segment (`seg:N`) or part (`part:N.I`), from the node's cache or Redis."""
+    def cached_media(self, feed_id: str, name: str) -> bytes | None:
+        """A segment or part if the node's cache holds it."""
         key = (feed_id, name)
         if (data := self._media.get(key)) is not None:
             self._media.move_to_end(key)
+        return data
+
+    async def media(self, feed_id: str, name: str) -> bytes | None:
+        """A segment (`seg:N`) or part (`part:N.I`), from the node's cache or Redis."""
+        if (data := self.cached_media(feed_id, name)) is not None:
             return data
-        raw = await self.redis.get(self._key(feed_id, name))
+        return cast("bytes | None", await self._once((feed_id, name), self._read_media))
+
+    async def _read_media(self, key: tuple[str, str]) -> bytes | None:
+        raw = await self.redis.get(self._key(*key))
         data = raw if isinstance(raw, bytes) else None
         if data is not None:
             self._media[key] = data

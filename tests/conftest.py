@@ -23,13 +23,14 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 import pytest_asyncio
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from config.app import create_app
 from config.auth import Role, mint_token
 from config.services import EmbeddedServices
 from config.settings import Settings
 from recorder.migrate import migrate
+from tests.nodes import NodeServer
 
 TEMPLATE_DB = "tribune_template"
 TEST_SECRET = "test-secret-" + "x" * 40
@@ -148,7 +149,7 @@ def settings(services: Services, database_url: str, tmp_path: Path) -> Settings:
 @pytest_asyncio.fixture(loop_scope="session")
 async def client(settings: Settings) -> AsyncIterator[TestClient[Any, Any]]:
     """The very app `tribune serve` runs, on a loopback port."""
-    async with TestClient(TestServer(create_app(settings))) as test_client:
+    async with TestClient(NodeServer(create_app(settings))) as test_client:
         yield test_client
 
 

@@ -15,7 +15,7 @@ from urllib.parse import parse_qs, urlsplit
 import aiohttp
 import pytest
 import pytest_asyncio
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from config.app import create_app
 from config.auth import Role
@@ -25,6 +25,7 @@ from streaming.api import STREAMING
 from streaming.clients import WhepViewer, WhipError, WhipPublisher
 from streaming.testsrc import PatternVideo, Tone
 from tests.browser import needs_chromium, open_page
+from tests.nodes import NodeServer
 from tests.test_polls import SESSION, live_session
 from tests.test_whip import bearer, make_feed, until
 
@@ -44,7 +45,7 @@ def settings(settings: Settings) -> Settings:
 async def other_node(settings: Settings) -> AsyncIterator[TestClient[Any, Any]]:
     """A second node on the same PostgreSQL and Redis that ingests nothing."""
     app = create_app(settings.replace(node_id="other-node", data_dir=settings.data_dir / "other"))
-    async with TestClient(TestServer(app)) as client:
+    async with TestClient(NodeServer(app)) as client:
         yield client
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import logging
 from typing import Any
@@ -13,6 +14,7 @@ from aiohttp import web
 from config.app import create_app
 from config.auth import with_signing_key
 from config.cli.common import add_settings_flags, settings_from
+from config.front import NodeRunner
 from config.logs import setup_logging
 from config.loop import new_event_loop
 from config.settings import Settings
@@ -47,15 +49,33 @@ def run_node(settings: Settings, app: web.Application) -> None:
         gc.set_threshold(50_000, 50, 100)
 
     app.on_startup.append(settle_gc)
-    web.run_app(
-        app,
-        host=settings.host,
-        port=settings.port,
-        loop=loop,
-        shutdown_timeout=10,
-        print=lambda msg: log.info(msg.strip()),
-        access_log=None,
-    )
+
+    async def serve() -> None:
+        runner = NodeRunner(app, access_log=None, shutdown_timeout=10, handle_signals=True)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, settings.host, settings.port)
+            await site.start()
+            log.info("======== Running on %s ========", site.name)
+            await asyncio.Event().wait()  # until a signal ends the loop
+        finally:
+            await runner.cleanup()
+
+    main = loop.create_task(serve())
+    try:
+        loop.run_until_complete(main)
+    except (web.GracefulExit, KeyboardInterrupt):
+        pass
+    finally:
+        if not main.done():
+            main.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                loop.run_until_complete(main)
+        for task in asyncio.all_tasks(loop):
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*asyncio.all_tasks(loop), return_exceptions=True))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
 
 
 def run(args: argparse.Namespace) -> int:
