@@ -24,7 +24,7 @@ import time
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, Protocol, cast
 from urllib.parse import urlsplit
 
 import msgpack
@@ -317,11 +317,21 @@ class ViewerProtocol(asyncio.Protocol):
             self.transport.close()
 
 
+class Stamped(Protocol):
+    """A protocol told when the kernel received what it is handed (wall clock, seconds)."""
+
+    received_at: float
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None: ...
+    def data_received(self, data: bytes) -> None: ...
+    def connection_lost(self, exc: Exception | None) -> None: ...
+
+
 class StampedTransport(asyncio.Transport):
     """A client socket read with `recvmsg` and SO_TIMESTAMPNS: before each read's data goes to
     the protocol, `protocol.received_at` is set to when the kernel received it."""
 
-    def __init__(self, sock: socket.socket, protocol: ViewerProtocol) -> None:
+    def __init__(self, sock: socket.socket, protocol: Stamped) -> None:
         super().__init__()
         self._loop = asyncio.get_running_loop()
         self._sock = sock
@@ -399,7 +409,7 @@ class StampedTransport(asyncio.Transport):
         self._protocol.connection_lost(exc)
 
 
-async def connect_stamped(protocol: ViewerProtocol, host: str, port: int) -> StampedTransport:
+async def connect_stamped(protocol: Stamped, host: str, port: int) -> StampedTransport:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         sock.setblocking(False)

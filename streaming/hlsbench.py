@@ -10,10 +10,13 @@ nice 10.
 
 A *miss* is a segment request answered 404, or completed later than one segment duration
 after the playlist first listed it to that player (the player would stall). `ttfb_ms` is
-the time to the first byte of segment responses. Live latency is read off the picture: the
-test pattern burns its wall clock into every frame, and one player in 100 (at most ten per
-generator process; and every LL-HLS player, on each segment's first part) decodes the first
-pictures of what it fetched, in a thread beside the players, and compares that clock with
+the time from sending a segment request to the response's first byte reaching the
+player's socket (the kernel's receive time, as a player on its own machine would see it);
+`ttfb_handled_ms` runs to the player's process handling that byte. Live latency is read off the picture: the
+test pattern burns its wall clock into every frame, and one player in 100 (at most five per
+generator process; and one LL-HLS player in four, on each segment's first part) decodes the
+first seven pictures of what it fetched, in a thread beside the players (decoding is the
+heaviest thing a generator does), and compares that clock with
 its own when the bytes arrived (`picture_age_ms`). A player shows that picture after its
 hold-back behind the live edge — two segments for the viewer page's hls.js
 (`liveSyncDurationCount: 2`), three for a default player, three parts (`PART-HOLD-BACK`) for
@@ -57,6 +60,7 @@ from interaction.bench import (
     stop_servers,
     wait_http,
 )
+from interaction.loadgen import connect_stamped
 from streaming.bench import FEED, _start_publisher, _wait_until, create_feed
 from streaming.testsrc import picture_clock
 
@@ -76,7 +80,8 @@ class Players:
         self.misses = 0
         self.errors = 0
         self.bytes = 0
-        self.ttfb: list[float] = []
+        self.ttfb: list[float] = []  # to the kernel's receipt of the first byte
+        self.ttfb_handled: list[float] = []  # to this process handling it
         self.availability: list[float] = []  # by the playlist's clock
         self.part_availability: list[float] = []
         self.picture_age: list[float] = []  # by the clock in the picture
@@ -98,7 +103,7 @@ def _parse(text: str) -> list[tuple[str, float, datetime | None]]:
     return out
 
 
-def _picture_age(segment: bytes, arrived: datetime, frames: int = 15, fps: int = 30) -> float | None:
+def _picture_age(segment: bytes, arrived: datetime, frames: int = 7, fps: int = 30) -> float | None:
     """How old the segment's first picture is now, by the clock the test pattern burnt into
     it (the publisher's wall clock when the frame was made). Read off its first `frames`
     pictures, each put back by its place in the segment, and the median taken: compression
@@ -124,11 +129,15 @@ class Connection(asyncio.Protocol):
     """One player's keep-alive HTTP/1.1 connection, spoken directly on an asyncio protocol: a
     GET, then the response's status line and headers parsed and its body counted as it
     arrives (kept only when asked). Thousands of players per process cost what the bytes
-    cost, not what a general HTTP client's per-chunk machinery does."""
+    cost, not what a general HTTP client's per-chunk machinery does. The socket is read
+    with the kernel's receive time (`StampedTransport`), so the time to the first byte is
+    what a player on its own machine would see, not when this process, holding thousands
+    of players, got round to it; when it did is kept too."""
 
     def __init__(self, host: str) -> None:
         self.host = host
         self.transport: asyncio.Transport | None = None
+        self.received_at = 0.0  # set by the transport around each read
         self._head = bytearray()
         self._body = bytearray()
         self._keep = False
@@ -136,7 +145,8 @@ class Connection(asyncio.Protocol):
         self._status = 0
         self._size = 0
         self._first = 0.0
-        self._waiter: asyncio.Future[tuple[int, float, int, bytes]] | None = None
+        self._first_received = 0.0
+        self._waiter: asyncio.Future[tuple[int, float, float, int, bytes]] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
@@ -146,18 +156,19 @@ class Connection(asyncio.Protocol):
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_exception(ConnectionError("the connection closed mid-response"))
 
-    async def get(self, path: str, *, keep: bool) -> tuple[int, float, int, bytes]:
-        """(status, seconds to the first byte, body size, the body if `keep` else b"")."""
+    async def get(self, path: str, *, keep: bool) -> tuple[int, float, float, int, bytes]:
+        """(status, seconds to the first byte reaching the socket, to it being handled here,
+        body size, the body if `keep` else b"")."""
         if self.transport is None or self.transport.is_closing():
             raise ConnectionError("not connected")
         self._waiter = asyncio.get_running_loop().create_future()
         self._head.clear()
         self._body.clear()
         self._keep, self._remaining, self._size, self._first = keep, -1, 0, 0.0
-        sent = time.monotonic()
+        sent, sent_at = time.monotonic(), time.time()
         self.transport.write(f"GET {path} HTTP/1.1\r\nHost: {self.host}\r\n\r\n".encode())
-        status, first, size, body = await self._waiter
-        return status, first - sent, size, body
+        status, first, received, size, body = await self._waiter
+        return status, received - sent_at, first - sent, size, body
 
     def data_received(self, data: bytes) -> None:
         if self._waiter is None or self._waiter.done():
@@ -165,6 +176,7 @@ class Connection(asyncio.Protocol):
         if self._remaining < 0:
             if not self._first:
                 self._first = time.monotonic()
+                self._first_received = self.received_at or time.time()
             self._head += data
             end = self._head.find(b"\r\n\r\n")
             if end < 0:
@@ -184,15 +196,15 @@ class Connection(asyncio.Protocol):
         if self._keep:
             self._body += taken
         if self._remaining == 0:
-            self._waiter.set_result((self._status, self._first, self._size, bytes(self._body)))
+            self._waiter.set_result(
+                (self._status, self._first, self._first_received, self._size, bytes(self._body))
+            )
 
 
 async def _connect(base: str) -> Connection:
     parts = urlsplit(base)
-    loop = asyncio.get_running_loop()
-    _, connection = await loop.create_connection(
-        lambda: Connection(parts.netloc), parts.hostname or "127.0.0.1", parts.port or 80
-    )
+    connection = Connection(parts.netloc)
+    await connect_stamped(connection, parts.hostname or "127.0.0.1", parts.port or 80)
     return connection
 
 
@@ -203,7 +215,7 @@ async def _player(base: str, stats: Players, until: float, offset: float, sample
     last = ""
     connection: Connection | None = None
 
-    async def get(path: str, keep: bool) -> tuple[int, float, int, bytes]:
+    async def get(path: str, keep: bool) -> tuple[int, float, float, int, bytes]:
         nonlocal connection
         if connection is None or connection.transport is None:
             connection = await _connect(base)
@@ -219,7 +231,7 @@ async def _player(base: str, stats: Players, until: float, offset: float, sample
     while time.monotonic() < until:
         started = time.monotonic()
         try:
-            status, _, _, body = await get(f"/hls/{FEED}/index.m3u8", True)
+            status, _, _, _, body = await get(f"/hls/{FEED}/index.m3u8", True)
             stats.playlist_requests += 1
             text = body.decode() if status == 200 else ""
         except (OSError, TimeoutError):
@@ -237,12 +249,13 @@ async def _player(base: str, stats: Players, until: float, offset: float, sample
             stats.segment_requests += 1
             try:
                 # Kept whole only by a sampling player, to read the clock in its first pictures.
-                status, ttfb, size, body = await get(uri, sample)
+                status, ttfb, handled, size, body = await get(uri, sample)
             except (OSError, TimeoutError):
                 stats.errors += 1
                 stats.misses += 1
                 continue
             stats.ttfb.append(ttfb)
+            stats.ttfb_handled.append(handled)
             if status != 200 or time.monotonic() - listed > duration:
                 stats.misses += 1
             stats.bytes += size
@@ -284,8 +297,11 @@ def _parse_ll(
     return segments, parts, hint
 
 
-async def _ll_player(http: aiohttp.ClientSession, base: str, stats: Players, until: float) -> None:
-    """An LL-HLS player: blocking reloads for the next part, which it fetches at once."""
+async def _ll_player(
+    http: aiohttp.ClientSession, base: str, stats: Players, until: float, sample: bool
+) -> None:
+    """An LL-HLS player: blocking reloads for the next part, which it fetches at once; a
+    sampling one reads the clock in each segment's first part."""
     url = f"{base}/hls/{FEED}/index.m3u8"
     query = ""
     while time.monotonic() < until:
@@ -318,7 +334,7 @@ async def _ll_player(http: aiohttp.ClientSession, base: str, stats: Players, unt
                     stats.bytes += len(body)
                 start = last_at.timestamp() + last_duration + sum(d for _, d in parts[:-1])
                 stats.part_availability.append(time.time() - start)
-                if index == 1 and r.status == 200:  # the segment's first part: a keyframe
+                if sample and index == 1 and r.status == 200:  # the segment's first part: a keyframe
                     age = await asyncio.to_thread(_picture_age, body, datetime.now())
                     if age is not None:
                         stats.part_picture_age.append(age)
@@ -347,11 +363,14 @@ async def _generate(
                     stats,
                     start + ramp + seconds,
                     ramp * n / players,
-                    n % max(100, players // 10) == 0,
+                    n % max(100, players // 5) == 0,
                 )
                 for n in range(players)
             ),
-            *(_ll_player(http, urls[n % nodes], ll_stats, start + ramp + seconds) for n in range(ll_players)),
+            *(
+                _ll_player(http, urls[n % nodes], ll_stats, start + ramp + seconds, n % 4 == 0)
+                for n in range(ll_players)
+            ),
         )
     return {"hls": vars(stats), "ll": vars(ll_stats), "cpu_s": time.process_time()}
 
@@ -448,6 +467,7 @@ async def bench_hls(
             "misses": stats.misses,
             "errors": stats.errors,
             "ttfb_ms": percentiles(stats.ttfb),
+            "ttfb_handled_ms": percentiles(stats.ttfb_handled),
             "bytes_per_s": round(stats.bytes / elapsed),
             "server_cpu_s": round(server_cpu, 2),
             "load_generator_cpu_s": round(sum(out["cpu_s"] for out in outputs), 2),

@@ -99,6 +99,7 @@ def test_bench_hls_small_run() -> None:
     assert 0 <= figures["misses"] <= figures["segment_requests"]
     assert figures["bytes_per_s"] > 0 and figures["server_cpu_s"] > 0
     assert figures["ttfb_ms"]["p50"] is not None
+    assert 0 <= figures["ttfb_ms"]["p50"] <= figures["ttfb_handled_ms"]["p50"]
     assert figures["live_latency_s"]["by_playlist_clock"]["hls"] is not None
 
 
