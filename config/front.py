@@ -236,8 +236,8 @@ class Front(asyncio.Protocol):
                 return self._hand_over()
             end = buffer.find(b"\r\n\r\n", 0, MAX_HEAD + 4)
             if end < 0:
-                if len(buffer) > MAX_HEAD:
-                    return self._hand_over()
+                if len(buffer) > MAX_HEAD or buffer.count(b"\n") != buffer.count(b"\r\n"):
+                    return self._hand_over()  # too long, or lines ended by a bare LF
                 return None
             request = parse_head(buffer[:end])
             quick = self.server.quick(request.path) if request is not None else None

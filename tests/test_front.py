@@ -161,6 +161,13 @@ async def test_what_the_front_does_not_answer_aiohttp_does_in_order(client: Any,
     assert (await raw.response())[0] == 200
     raw.close()
 
+    # Lines ended by a bare LF: aiohttp refuses them at once; the connection does not hang.
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    writer.write(b"GET /hls/main/7.ts HTTP/1.1\nHost: x\n\n")
+    status, _, _ = await Raw(reader, writer).response()
+    assert status == 400
+    writer.close()
+
     # Garbage is refused by aiohttp, as before.
     reader, writer = await asyncio.open_connection(client.host, client.port)
     writer.write(b"GET /hls/main/7.ts HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\n\r\n")
