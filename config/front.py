@@ -18,6 +18,7 @@ tests' nodes run it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -40,7 +41,11 @@ IDLE_SECONDS = 75.0  # a keep-alive connection with no request for this long is 
 SWEEP_SECONDS = 5.0
 
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-_HANDED_TO_AIOHTTP = frozenset({"content-length", "transfer-encoding", "upgrade", "expect"})
+_TARGET = re.compile(r"/[\x21-\x7e]*")  # origin-form, visible ASCII only
+_HANDED_TO_AIOHTTP = frozenset(
+    {"content-length", "transfer-encoding", "upgrade", "expect", "proxy-connection"}
+)
+MAX_HEADERS = 128  # as aiohttp's parser
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +99,8 @@ def parse_head(head: bytes) -> _Request | None:
     except UnicodeDecodeError:
         return None
     lines = text.split("\r\n")
+    if len(lines) > MAX_HEADERS + 1:
+        return None
     request_line = lines[0].split(" ")
     if len(request_line) != 3 or request_line[0] != "GET" or request_line[2] != "HTTP/1.1":
         return None
@@ -112,9 +119,9 @@ def parse_head(head: bytes) -> _Request | None:
             tokens = {t.strip().lower() for t in value.split(",")}
             if "upgrade" in tokens:
                 return None
-            close = "close" in tokens
+            close = close or "close" in tokens
     target = request_line[1]
-    if hosts != 1 or not target.startswith("/") or "#" in target:
+    if hosts != 1 or _TARGET.fullmatch(target) is None or "#" in target:
         return None
     path, _, query = target.partition("?")
     return _Request(path, query, close)
@@ -146,6 +153,7 @@ class FrontServer:
         self.date = _Date()
         self.idle_seconds = IDLE_SECONDS
         self.sweep_seconds = SWEEP_SECONDS
+        self.closing = False
         self.extra_headers = "".join(f"{k}: {v}\r\n" for k, v in EDGE_HEADERS.items())
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -161,18 +169,27 @@ class FrontServer:
         return None
 
     async def _sweep(self) -> None:
-        """Closes connections idle past `idle_seconds` (a request head that never ends counts
-        as idle from its last byte): keep-alive does not mean forever."""
+        """Closes connections with no answer for `idle_seconds`: counted from the last answer,
+        or from a request's first byte while its head is incomplete (trickling a head byte by
+        byte does not keep a connection). Keep-alive does not mean forever."""
         while True:
             await asyncio.sleep(self.sweep_seconds)
             limit = time.monotonic() - self.idle_seconds
-            for front in [f for f in self.connections if f.last_read < limit and f.pending is None]:
+            idle = [f for f in self.connections if f.since < limit and f.pending is None and not f.paused]
+            for front in idle:
                 front.close()
 
-    async def close(self) -> None:
-        """The node is stopping: the front's connections are closed (aiohttp closes its own)."""
+    async def close(self, timeout: float = 5.0) -> None:
+        """The node is stopping: answers being read finish (for up to `timeout` seconds),
+        then the front's connections are closed; aiohttp closes its own."""
+        self.closing = True
         if self._sweeper is not None:
             self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        pending = [f.pending for f in self.connections if f.pending is not None]
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
         for front in list(self.connections):
             front.close()
 
@@ -180,7 +197,7 @@ class FrontServer:
 class Front(asyncio.Protocol):
     """One connection while the front answers it (see the module's description)."""
 
-    __slots__ = ("buffer", "last_read", "paused", "pending", "server", "transport")
+    __slots__ = ("buffer", "paused", "pending", "server", "since", "transport")
 
     def __init__(self, server: FrontServer) -> None:
         self.server = server
@@ -188,7 +205,7 @@ class Front(asyncio.Protocol):
         self.buffer = b""
         self.paused = False
         self.pending: asyncio.Future[Any] | None = None  # an answer waiting for I/O
-        self.last_read = time.monotonic()
+        self.since = time.monotonic()  # idle since: the last answer, or a head's first byte
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -196,13 +213,13 @@ class Front(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
-        self.transport = None
-        if self.pending is not None:
-            self.pending.cancel()
+        self.transport = None  # an answer still being read is dropped when it comes
 
     def data_received(self, data: bytes) -> None:
-        self.buffer = self.buffer + data if self.buffer else data
-        self.last_read = time.monotonic()
+        if self.buffer:
+            self.buffer += data
+        else:
+            self.buffer, self.since = data, time.monotonic()
         if self.pending is None and not self.paused:
             self._serve()
         elif len(self.buffer) > MAX_QUEUED and self.transport is not None:
@@ -279,6 +296,7 @@ class Front(asyncio.Protocol):
         transport = self.transport
         assert transport is not None
         self.buffer = self.buffer[length:]
+        self.since = time.monotonic()
         server = self.server
         close = "Connection: close\r\n" if request.close else ""
         head = (
@@ -297,6 +315,9 @@ class Front(asyncio.Protocol):
         """aiohttp's protocol takes the connection, and the bytes not yet answered."""
         transport = self.transport
         if transport is None:
+            return
+        if transport.is_closing() or self.server.closing:
+            transport.close()  # the node is stopping: nothing new starts
             return
         self.server.connections.discard(self)
         self.transport = None

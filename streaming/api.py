@@ -384,15 +384,20 @@ def _quick_hls(app: web.Application) -> Quick:
         """The answer from memory; with `fetched`, from the index or media just read."""
         match = _QUICK_HLS.fullmatch(path)
         bus = app[STREAMING].bus
-        if match is None or bus is None or "_HLS_" in query:
+        if match is None or bus is None:
             return None
+        # As aiohttp reads a query: decoded, the first of a repeated name.
+        fields = parse_qsl(query, keep_blank_values=True) if query else []
+        if any(name.startswith("_HLS_") for name, _ in fields):
+            return None  # a blocking reload: the handler above waits for it
         feed_id, playlist, seq, part = match.groups()
         public = _known_public(app, feed_id)
         if public is None:
             return _Cold.COLD
         if not public:
-            fields = dict(parse_qsl(query))
-            if hls.verify(app[HLS_KEY], feed_id, path, fields.get("exp"), fields.get("sig")) is not None:
+            exp = next((value for name, value in fields if name == "exp"), None)
+            sig = next((value for name, value in fields if name == "sig"), None)
+            if hls.verify(app[HLS_KEY], feed_id, path, exp, sig) is not None:
                 return None
         if playlist:
             if fetched is _Cold.COLD:

@@ -547,18 +547,31 @@ class SegmentBus:
         return cast("dict[str, Any] | None", await self._once(("index", feed_id), self._read_index))
 
     async def _read_index(self, key: tuple[str, str]) -> dict[str, Any] | None:
-        raw = await self.redis.get(self._key(key[1], "index"))
+        feed_id, started = key[1], time.monotonic()
+        raw = await self.redis.get(self._key(feed_id, "index"))
         value = json.loads(raw) if raw else None
-        self._index_cache[key[1]] = (time.monotonic(), value)
+        cached = self._index_cache.get(feed_id)
+        if cached is None or cached[0] <= started:  # not over one written since (publish, poll)
+            self._index_cache[feed_id] = (started, value)
         return value
 
     async def _once(self, key: tuple[str, str], read: Callable[[tuple[str, str]], Awaitable[Any]]) -> Any:
         """`read(key)`, shared by every request asking for the same key while it runs: a new
-        segment is asked for by every player at once, and read from Redis once."""
+        segment is asked for by every player at once, and read from Redis once. A request
+        that joined a read begun before it reads again if that read found nothing: what was
+        not there then may be now. A waiting request that goes away does not stop the read
+        for the others."""
         if (running := self._reading.get(key)) is None:
-            running = self._reading[key] = asyncio.ensure_future(read(key))
-            running.add_done_callback(lambda _: self._reading.pop(key, None))
-        return await asyncio.shield(running)
+            running = self._reading[key] = asyncio.ensure_future(self._shared(key, read))
+            return await asyncio.shield(running)
+        value = await asyncio.shield(running)
+        return value if value is not None else await read(key)
+
+    async def _shared(self, key: tuple[str, str], read: Callable[[tuple[str, str]], Awaitable[Any]]) -> Any:
+        try:
+            return await read(key)
+        finally:
+            self._reading.pop(key, None)  # done: later requests start their own read
 
     async def wait(
         self, feed_id: str, ready: Callable[[dict[str, Any]], bool], timeout: float

@@ -71,6 +71,11 @@ def test_only_plain_gets_are_read_by_the_front() -> None:
     plain = parse_head(b"GET /hls/main/7.ts?x=1 HTTP/1.1\r\nHost: a\r\nConnection: close")
     assert plain is not None and (plain.path, plain.query, plain.close) == ("/hls/main/7.ts", "x=1", True)
     assert parse_head(b"GET /hls/main/7.ts HTTP/1.1\r\nHost: a\r\nConnection: keep-alive") is not None
+    twice = parse_head(
+        b"GET /hls/main/7.ts HTTP/1.1\r\nHost: a\r\nConnection: close\r\nConnection: keep-alive"
+    )
+    assert twice is not None and twice.close  # as aiohttp: any `close` closes
+    many = b"GET /hls/main/7.ts HTTP/1.1\r\nHost: a" + b"\r\nx: 1" * 200
     for odd in (
         b"POST /hls/main/7.ts HTTP/1.1\r\nHost: a",
         b"GET /hls/main/7.ts HTTP/1.0\r\nHost: a",
@@ -84,6 +89,10 @@ def test_only_plain_gets_are_read_by_the_front() -> None:
         b"GET /hls/main/7.ts HTTP/1.1\r\nHost: \xe4",
         b"GET  /hls/main/7.ts HTTP/1.1",
         b"GET http://a/hls/main/7.ts HTTP/1.1",
+        b"GET /hls/main/7.ts?a\x01b HTTP/1.1\r\nHost: a",
+        b"GET /hls/main/7.ts?a\tb HTTP/1.1\r\nHost: a",
+        b"GET /hls/main/7.ts HTTP/1.1\r\nHost: a\r\nProxy-Connection: close",
+        many,
     ):
         assert parse_head(odd) is None, odd
 
@@ -142,6 +151,14 @@ async def test_what_the_front_does_not_answer_aiohttp_does_in_order(client: Any,
     assert answered_by_front(client) == 0  # aiohttp keeps the connection it was handed
     raw.close()
 
+    # A blocking reload's parameters, however they are escaped, are aiohttp's: it refuses
+    # one too far ahead instead of the front sending the playlist at once.
+    raw = await Raw.open(client)
+    raw.send("/hls/main/index.m3u8?%5FHLS_msn=999")
+    status, _, body = await raw.response()
+    assert status == 400 and b"too far ahead" in body
+    raw.close()
+
     # `Connection: close` is honoured.
     raw = await Raw.open(client)
     raw.send("/hls/main/7.ts", extra="Connection: close\r\n")
@@ -189,6 +206,10 @@ async def test_signed_urls_through_the_front(client: Any, auth: Any, db: Any) ->
     raw.send(f"/hls/main/7.ts?{other}")  # another path's signature
     status, _, body = await raw.response()
     assert status == 403 and b"signature" in body
+    # A name given twice counts by its first value, as aiohttp reads it: a bad pair first
+    # is refused even with a good pair after it.
+    raw.send(f"/hls/main/7.ts?exp=1&sig=00&{urlsplit(good).query}")
+    assert (await raw.response())[0] == 403
     raw.close()
 
 
@@ -200,6 +221,15 @@ async def test_a_request_that_never_ends_is_closed(client: Any, auth: Any, db: A
     raw = await Raw.open(client)
     raw.writer.write(b"GET /hls/main/7.ts HTTP/1.1\r\nHost:")  # and nothing more
     assert await raw.closed()
+    # Nor does trickling the head a byte at a time keep it open.
+    raw = await Raw.open(client)
+    for byte in b"GET /hls/main/7.ts HTTP/1.1\r\nHost: " + b"t" * 100:  # 10 s of trickle
+        if raw.reader.at_eof():
+            break
+        raw.writer.write(bytes([byte]))
+        await asyncio.sleep(0.1)
+    else:
+        pytest.fail("a head trickled a byte at a time kept its connection open")
     assert answered_by_front(client) == 0
 
 
@@ -219,3 +249,18 @@ async def test_a_client_that_asks_and_does_not_read_is_not_served_past_its_windo
         status, _, body = await raw.response()
         assert status == 200 and body == SEGMENT
     raw.close()
+
+
+async def test_a_segment_asked_for_at_once_is_read_from_redis_once(client: Any, auth: Any, db: Any) -> None:
+    await live_feed(client, auth, db)
+    bus = client.server.app[STREAMING].bus
+    bus._media.clear()  # as on a node that did not publish it
+
+    async def gets() -> int:
+        stats = await bus.redis.info("commandstats")
+        return int(stats.get("cmdstat_get", {}).get("calls", 0))
+
+    before = await gets()
+    got = await asyncio.gather(*(bus.media("main", "seg:7") for _ in range(50)))
+    assert got == [SEGMENT] * 50
+    assert await gets() - before <= 3  # one read (other clients of this Redis may read too)

@@ -14,7 +14,7 @@ from aiohttp import web
 from config.app import create_app
 from config.auth import with_signing_key
 from config.cli.common import add_settings_flags, settings_from
-from config.front import NodeRunner
+from config.front import IDLE_SECONDS, NodeRunner
 from config.logs import setup_logging
 from config.loop import new_event_loop
 from config.settings import Settings
@@ -51,7 +51,9 @@ def run_node(settings: Settings, app: web.Application) -> None:
     app.on_startup.append(settle_gc)
 
     async def serve() -> None:
-        runner = NodeRunner(app, access_log=None, shutdown_timeout=10, handle_signals=True)
+        runner = NodeRunner(
+            app, access_log=None, shutdown_timeout=10, keepalive_timeout=IDLE_SECONDS, handle_signals=True
+        )
         await runner.setup()
         try:
             site = web.TCPSite(runner, settings.host, settings.port)
