@@ -451,9 +451,11 @@ async def test_300_viewer_cycles_leave_nothing_behind(client: Any, auth: Any, db
         finally:
             await publisher.stop(http)
     # Descriptors, UDP ports and tasks come back exactly. Memory levels off: the first 150
-    # cycles grow caches (7-11 MB here), the second 150 must not grow it again (within
-    # ±0.4 MB here; 3 MB is 20 KB a viewer left behind).
+    # cycles grow caches (7-11 MB here), the second 150 must not grow it again: within
+    # ±0.4 MB when run alone, up to +3.5 MB once in a full suite run (the heap the earlier
+    # tests left). A viewer's peer connection left behind is hundreds of KB; 6 MB over 150
+    # viewers is 40 KB each.
     assert after["fds"] <= before["fds"], (before, after)
     assert after["udp"] <= before["udp"], (before, after)
     assert after["tasks"] <= before["tasks"], (before, after)
-    assert after["rss_mb"] - half["rss_mb"] < 3, (before, half, after)
+    assert after["rss_mb"] - half["rss_mb"] < 6, (before, half, after)
