@@ -24,10 +24,10 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from email.utils import formatdate
 from typing import Any, cast
 
 from aiohttp import web
+from aiohttp.helpers import rfc822_formatted_time
 from aiohttp.http import SERVER_SOFTWARE
 
 from config import keys
@@ -127,20 +127,6 @@ def parse_head(head: bytes) -> _Request | None:
     return _Request(path, query, close)
 
 
-class _Date:
-    """The `Date` header's value, formatted once a second."""
-
-    def __init__(self) -> None:
-        self._second = 0
-        self._value = ""
-
-    def __call__(self) -> str:
-        now = int(time.time())
-        if now != self._second:
-            self._second, self._value = now, formatdate(now, usegmt=True)
-        return self._value
-
-
 class FrontServer:
     """The protocol factory sites listen with: a `Front` per connection, over aiohttp's
     `web.Server` (which makes the protocol a handed-over connection continues on)."""
@@ -150,7 +136,6 @@ class FrontServer:
         self.routes = quick_routes(app)
         self.metrics = app[keys.METRICS]
         self.connections: set[Front] = set()
-        self.date = _Date()
         self.idle_seconds = IDLE_SECONDS
         self.sweep_seconds = SWEEP_SECONDS
         self.closing = False
@@ -302,8 +287,8 @@ class Front(asyncio.Protocol):
         head = (
             f"HTTP/1.1 200 OK\r\nContent-Type: {answer.content_type}\r\n"
             f"Cache-Control: {answer.cache_control}\r\n{server.extra_headers}"
-            f"Content-Length: {len(answer.body)}\r\nDate: {server.date()}\r\nServer: {SERVER_SOFTWARE}\r\n"
-            f"{close}\r\n"
+            f"Content-Length: {len(answer.body)}\r\nDate: {rfc822_formatted_time()}\r\n"
+            f"Server: {SERVER_SOFTWARE}\r\n{close}\r\n"
         )
         transport.writelines((head.encode(), answer.body))
         server.metrics.served("GET", answer.route, 200, time.perf_counter() - started)

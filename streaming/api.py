@@ -342,7 +342,7 @@ async def hls_part(request: web.Request) -> web.Response:
     bus = request.app[STREAMING].bus
     assert bus is not None
     seq, i = int(request.match_info["seq"]), int(request.match_info["part"])
-    name = f"part:{seq}.{i}"
+    name = hls.media_name(seq, i)
     data = await bus.media(feed_id, name)
     if data is None:
         timeout = 3 * request.app[keys.SETTINGS].hls_part_seconds
@@ -357,7 +357,8 @@ async def hls_segment(request: web.Request) -> web.Response:
     feed_id = ledger.check_id(request.match_info["feed"])
     public = await _hls_access(request, feed_id)
     bus = request.app[STREAMING].bus
-    data = await bus.media(feed_id, f"seg:{int(request.match_info['seq'])}") if bus is not None else None
+    name = hls.media_name(int(request.match_info["seq"]))
+    data = await bus.media(feed_id, name) if bus is not None else None
     if data is None:
         raise NotFound("no such segment (segments stay on the bus for hls_ttl seconds)")
     return _media(data, SEGMENT, _segment_cache(public))
@@ -366,6 +367,19 @@ async def hls_segment(request: web.Request) -> web.Response:
 # --- the same three answered by the HTTP front, from memory -----------------------------
 
 _QUICK_HLS = re.compile(rf"/hls/({ledger.FEED_ID})/(?:(index)\.m3u8|(\d{{1,9}})(?:\.(\d{{1,3}}))?\.ts)")
+
+
+def _quick_target(path: str) -> tuple[str, str | None, str] | None:
+    """(feed, the bus's name of the segment or part or None for the playlist, the route) of
+    a live HLS path; None for any other path."""
+    match = _QUICK_HLS.fullmatch(path)
+    if match is None:
+        return None
+    feed_id, playlist, seq, part = match.groups()
+    if playlist:
+        return feed_id, None, "/hls/{feed}/index.m3u8"
+    route = "/hls/{feed}/{seq}.ts" if part is None else "/hls/{feed}/{seq}.{part}.ts"
+    return feed_id, hls.media_name(seq, part), route
 
 
 class _Cold(enum.Enum):
@@ -382,15 +396,15 @@ def _quick_hls(app: web.Application) -> Quick:
 
     def look(path: str, query: str, fetched: Any = _Cold.COLD) -> Answer | _Cold | None:
         """The answer from memory; with `fetched`, from the index or media just read."""
-        match = _QUICK_HLS.fullmatch(path)
+        target = _quick_target(path)
         bus = app[STREAMING].bus
-        if match is None or bus is None:
+        if target is None or bus is None:
             return None
         # As aiohttp reads a query: decoded, the first of a repeated name.
         fields = parse_qsl(query, keep_blank_values=True) if query else []
         if any(name.startswith("_HLS_") for name, _ in fields):
             return None  # a blocking reload: the handler above waits for it
-        feed_id, playlist, seq, part = match.groups()
+        feed_id, name, route = target
         public = _known_public(app, feed_id)
         if public is None:
             return _Cold.COLD
@@ -399,7 +413,7 @@ def _quick_hls(app: web.Application) -> Quick:
             sig = next((value for name, value in fields if name == "sig"), None)
             if hls.verify(app[HLS_KEY], feed_id, path, exp, sig) is not None:
                 return None
-        if playlist:
+        if name is None:
             if fetched is _Cold.COLD:
                 fresh, fetched = bus.cached_index(feed_id)
                 if not fresh:
@@ -407,26 +421,22 @@ def _quick_hls(app: web.Application) -> Quick:
             if fetched is None or not _has_live_hls(fetched):
                 return None
             body = _playlist_body(app, feed_id, public, fetched)
-            return Answer("/hls/{feed}/index.m3u8", PLAYLIST, _live_playlist_cache(public), body)
+            return Answer(route, PLAYLIST, _live_playlist_cache(public), body)
         if fetched is _Cold.COLD:
-            fetched = bus.cached_media(feed_id, f"seg:{seq}" if part is None else f"part:{seq}.{part}")
+            fetched = bus.cached_media(feed_id, name)
             if fetched is None:
                 return _Cold.COLD
         if fetched is None:
             return None
-        route = "/hls/{feed}/{seq}.ts" if part is None else "/hls/{feed}/{seq}.{part}.ts"
         return Answer(route, SEGMENT, _segment_cache(public), fetched)
 
     async def warm(path: str, query: str) -> Answer | None:
-        match = _QUICK_HLS.fullmatch(path)
+        target = _quick_target(path)
         bus = app[STREAMING].bus
-        assert match is not None and bus is not None
-        feed_id, playlist, seq, part = match.groups()
+        assert target is not None and bus is not None
+        feed_id, name, _ = target
         await _is_public(app, feed_id)
-        if playlist:
-            fetched: Any = await bus.index(feed_id)
-        else:
-            fetched = await bus.media(feed_id, f"seg:{seq}" if part is None else f"part:{seq}.{part}")
+        fetched: Any = await (bus.index(feed_id) if name is None else bus.media(feed_id, name))
         answer = look(path, query, fetched)
         return answer if isinstance(answer, Answer) else None
 

@@ -55,6 +55,11 @@ class Segment:
     numbered: bool = False  # made of parts already published: its bytes are final
 
 
+def media_name(seq: int | str, part: int | str | None = None) -> str:
+    """The bus's name of segment `seq`, or of its part `part`."""
+    return f"seg:{seq}" if part is None else f"part:{seq}.{part}"
+
+
 @dataclass(frozen=True, slots=True)
 class Part:
     """A partial segment (LL-HLS): about `hls_part_seconds` of a segment, published as soon
@@ -507,7 +512,7 @@ class SegmentBus:
         if part.final:  # complete; its segment follows once muxed whole
             open_["closed"] = True
         index["open"] = open_
-        await self._write(part.feed_id, index, f"part:{part.seq}.{part.index}", part.data)
+        await self._write(part.feed_id, index, media_name(part.seq, part.index), part.data)
 
     async def publish(self, segment: Segment, target: float) -> None:
         index = self._current(segment.feed_id, target, None)
@@ -522,7 +527,7 @@ class SegmentBus:
         index["target"] = max(index.get("target", target), segment.duration)
         if index.get("open") and index["open"]["seq"] <= segment.seq:
             index["open"] = None
-        await self._write(segment.feed_id, index, f"seg:{segment.seq}", segment.data)
+        await self._write(segment.feed_id, index, media_name(segment.seq), segment.data)
 
     async def end(self, feed_id: str) -> None:
         index = self._published.pop(feed_id, None) or await self.index(feed_id, fresh=True)
@@ -541,8 +546,10 @@ class SegmentBus:
         return time.monotonic() - cached[0] < max_age, cached[1]
 
     async def index(self, feed_id: str, *, fresh: bool = False) -> dict[str, Any] | None:
+        if fresh:  # a read begun now, not one already under way
+            return await self._read_index(("index", feed_id))
         is_fresh, cached = self.cached_index(feed_id)
-        if is_fresh and not fresh:
+        if is_fresh:
             return cached
         return cast("dict[str, Any] | None", await self._once(("index", feed_id), self._read_index))
 

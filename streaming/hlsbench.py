@@ -12,11 +12,11 @@ A *miss* is a segment request answered 404, or completed later than one segment 
 after the playlist first listed it to that player (the player would stall). `ttfb_ms` is
 the time from sending a segment request to the response's first byte reaching the
 player's socket (the kernel's receive time, as a player on its own machine would see it);
-`ttfb_handled_ms` runs to the player's process handling that byte. Live latency is read off the picture: the
-test pattern burns its wall clock into every frame, and one player in 100 (at most five per
-generator process; and one LL-HLS player in four, on each segment's first part) decodes the
-first seven pictures of what it fetched, in a thread beside the players (decoding is the
-heaviest thing a generator does), and compares that clock with
+`ttfb_handled_ms` runs to the player's process handling that byte. Live latency is read
+off the picture: the test pattern burns its wall clock into every frame, and one player in
+100 (at most five per generator process; and one LL-HLS player in four, on each segment's
+first part) decodes the first seven pictures of what it fetched, in a thread beside the
+players (decoding is the heaviest thing a generator does), and compares that clock with
 its own when the bytes arrived (`picture_age_ms`). A player shows that picture after its
 hold-back behind the live edge — two segments for the viewer page's hls.js
 (`liveSyncDurationCount: 2`), three for a default player, three parts (`PART-HOLD-BACK`) for
