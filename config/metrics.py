@@ -86,6 +86,11 @@ class Metrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
             registry=self.registry,
         )
+        self.fanout_frames = Counter(
+            "tribune_fanout_frames_total",
+            "Frames the fan-out wrote to clients (one per client per tick with something new)",
+            registry=self.registry,
+        )
         self.vote_batch = Histogram(
             "tribune_vote_batch_size",
             "Votes written per group commit",

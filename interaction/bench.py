@@ -262,20 +262,31 @@ async def publish(
     return report.result()[0]
 
 
-async def _fanout_delay(urls: list[str]) -> dict[str, float | None]:
-    """The nodes' own view, from /metrics: from an event reaching a node to its frame being
-    written to every client (upper bounds of the histogram buckets holding p50 and p99)."""
+async def _node_metrics(urls: list[str]) -> dict[str, Any]:
+    """The nodes' own view, from /metrics.
+
+    `node_fanout_delay_ms`: from an event reaching a node to its frame being written to every
+    client (upper bounds of the histogram buckets holding p50 and p99).
+    `node_us_per_frame`: the nodes' time per frame their ticks wrote (encoding, the per-client
+    checks and the kernel's send), the mean over the run; a tick over a node's clients takes
+    about this times their number, so it says how fast this machine's loopback is today."""
     import aiohttp
 
     buckets: dict[float, float] = {}
+    flush_seconds = frames = 0.0
     async with aiohttp.ClientSession() as http:
         for url in urls:
             async with http.get(url + "/metrics") as r:
                 for line in (await r.text()).splitlines():
+                    value = line.rsplit(" ", 1)[-1]
                     if line.startswith("tribune_fanout_delay_seconds_bucket"):
                         bound = line.split('le="', 1)[1].split('"', 1)[0]
                         upper = float("inf") if bound == "+Inf" else float(bound)
-                        buckets[upper] = buckets.get(upper, 0.0) + float(line.rsplit(" ", 1)[1])
+                        buckets[upper] = buckets.get(upper, 0.0) + float(value)
+                    elif line.startswith("tribune_fanout_flush_seconds_sum"):
+                        flush_seconds += float(value)
+                    elif line.startswith("tribune_fanout_frames_total"):
+                        frames += float(value)
     total = buckets.get(float("inf"), 0.0)
 
     def upper_for(q: float) -> float | None:
@@ -283,7 +294,10 @@ async def _fanout_delay(urls: list[str]) -> dict[str, float | None]:
             return None
         return next((round(b * 1000, 1) for b in sorted(buckets) if buckets[b] >= q * total), None)
 
-    return {"p50_at_most": upper_for(0.5), "p99_at_most": upper_for(0.99)}
+    return {
+        "node_fanout_delay_ms": {"p50_at_most": upper_for(0.5), "p99_at_most": upper_for(0.99)},
+        "node_us_per_frame": round(flush_seconds / frames * 1e6, 2) if frames else None,
+    }
 
 
 async def _drain(viewers: list[ViewerProtocol], final_seq: int, seconds: float) -> None:
@@ -361,7 +375,7 @@ async def run_tribune(
         tally.events -= events0
         report = _report("tribune", clients, nodes, out, tally, viewers, final_seq, elapsed, cpu)
         report["load_generator_cpu_s"] = round(cpu_seconds([os.getpid()]) - own0 + out["cpu_s"], 2)
-        report["node_fanout_delay_ms"] = await _fanout_delay(urls)
+        report.update(await _node_metrics(urls))
         for viewer in viewers:
             viewer._close()
         await conn.close()

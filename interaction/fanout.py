@@ -73,7 +73,7 @@ class Fanout:
         replay: Callable[[Client], None],
         on_drop: Callable[[], None],
         on_deliver: Callable[[int], None],
-        on_flush: Callable[[float, float], None] = lambda delay, took: None,
+        on_flush: Callable[[float | None, float, int], None] = lambda delay, took, frames: None,
     ) -> None:
         self._sio = sio
         self._rooms = rooms
@@ -159,14 +159,14 @@ class Fanout:
             if client.ready:
                 self.deliver(client, frame)
 
-    def flush(self, room: Room) -> int:
-        """Send every ready client of `room` the events it has not had; returns deliveries.
-        Clients at the same position share one encoded frame."""
+    def flush(self, room: Room) -> tuple[int, int]:
+        """Send every ready client of `room` the events it has not had; returns deliveries
+        (events) and frames written. Clients at the same position share one encoded frame."""
         target = room.last_seq
         if room.flushed_seq == target:  # nothing new, and nobody became ready behind it
-            return 0
+            return 0, 0
         frames: dict[int, tuple[Frame, int, int]] = {}  # from seq → (frame, last seq, events)
-        delivered = 0
+        delivered = written = 0
         everyone = True  # every ready client reached `target`
         deliver = self.deliver
         # No await in this loop, so the room cannot change under it: no copy of 10,000 clients.
@@ -186,12 +186,13 @@ class Fanout:
             if deliver(client, frame):
                 client.last_seq = last
                 delivered += count
+                written += 1
                 everyone = everyone and last >= target
             else:
                 everyone = False
         if everyone:
             room.flushed_seq = target
-        return delivered
+        return delivered, written
 
     async def run(self) -> None:
         """One tick every `tick` seconds: each room's new events go out as one frame per client.
@@ -216,11 +217,12 @@ class Fanout:
         delivered = 0
         for room in list(self._rooms.by_session.values()):
             waiting, began = room.waiting_since, time.monotonic()
-            delivered += self.flush(room)
+            events, frames = self.flush(room)
+            delivered += events
             room.waiting_since = None
-            if waiting is not None:
+            if waiting is not None or frames:
                 done = time.monotonic()
-                self._on_flush(done - waiting, done - began)
+                self._on_flush(None if waiting is None else done - waiting, done - began, frames)
         if delivered:
             self._on_deliver(delivered)
         while self.gone:

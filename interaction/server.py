@@ -199,9 +199,11 @@ class Live:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._register()
 
-    def _flushed(self, delay: float, took: float) -> None:
-        self.metrics.fanout_delay.observe(delay)
+    def _flushed(self, delay: float | None, took: float, frames: int) -> None:
+        if delay is not None:
+            self.metrics.fanout_delay.observe(delay)
         self.metrics.fanout_flush.observe(took)
+        self.metrics.fanout_frames.inc(frames)
 
     # --- lifecycle -------------------------------------------------------------------
 
