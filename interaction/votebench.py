@@ -1,6 +1,7 @@
 """`tribune bench votes`: N representatives cast a vote each through K nodes, with group
 commit, beside a baseline — the same nodes writing one INSERT and commit per vote
-(`vote_batch_max = 1`) — in the same run.
+(`vote_batch_max = 1`) — in the same run, and (`--refused`) the same votes on a closed
+poll, read, checked and refused with nothing written: what a vote costs without its write.
 
 Each system gets fresh embedded PostgreSQL and Valkey, K nodes on CPU 0 and load-generator
 processes (interaction.votegen) on the other CPUs. Votes arrive at `rate` a second (0: all
@@ -66,7 +67,7 @@ def _node_cpu(pids: list[int]) -> float:
     return total
 
 
-async def _prepare(database_url: str, voters: int) -> tuple[int, int, list[int]]:
+async def _prepare(database_url: str, voters: int, *, closed: bool = False) -> tuple[int, int, list[int]]:
     conn = await asyncpg.connect(database_url)
     try:
         await migrate(conn)
@@ -102,6 +103,8 @@ async def _prepare(database_url: str, voters: int) -> tuple[int, int, list[int]]
             for i, label in enumerate(("赞成", "反对", "弃权"))
         ]
         await conn.execute("UPDATE polls SET state = 'open', opened_at = now() WHERE id = $1", poll)
+        if closed:
+            await conn.execute("UPDATE polls SET state = 'closed', closed_at = now() WHERE id = $1", poll)
         return poll, question, options
     finally:
         await conn.close()
@@ -132,6 +135,7 @@ async def run_system(
     rate: float,
     batch_max: int,
     progress: Callable[[str], None],
+    closed: bool = False,
 ) -> dict[str, Any]:
     await asyncio.to_thread(root.mkdir, parents=True, exist_ok=True)
     services = EmbeddedServices(root / "services", postgres=True, redis=True)
@@ -139,7 +143,7 @@ async def run_system(
     procs: list[subprocess.Popen[bytes]] = []
     generators: list[asyncio.subprocess.Process] = []
     try:
-        poll, question, options = await _prepare(database_url, voters)
+        poll, question, options = await _prepare(database_url, voters, closed=closed)
         secret = secrets.token_urlsafe(40)
         procs, urls = start_nodes(
             root,
@@ -214,6 +218,7 @@ async def run_system(
                 refusals[k2] = refusals.get(k2, 0) + v
         seconds = max(o["seconds"] for o in outs)
         acked = sum(o["acked"] for o in outs)
+        refused = sum(refusals.values())
         cpu = node_cpu + svc_cpu
         return {
             "system": label,
@@ -235,7 +240,7 @@ async def run_system(
             "votes_per_server_cpu_s": round(acked / cpu, 1) if cpu else None,
             "idle_server_cpu_per_s": round(idle_cpu, 3),
             "server_cpu_us_per_vote_above_idle": (
-                round((cpu - idle_cpu * window) / acked * 1e6) if acked else None
+                round((cpu - idle_cpu * window) / cast * 1e6) if (cast := acked or refused) else None
             ),
             "load_generator_cpu_s": round(sum(o["cpu_s"] for o in outs), 2),
             "vote_batch": await _batch_sizes(urls),
@@ -270,7 +275,13 @@ async def _batch_sizes(urls: list[str]) -> dict[str, float | None]:
 
 
 async def bench_votes(
-    *, voters: int, nodes: int, rate: float, baseline: bool, progress: Callable[[str], None]
+    *,
+    voters: int,
+    nodes: int,
+    rate: float,
+    baseline: bool,
+    progress: Callable[[str], None],
+    refused: bool = False,
 ) -> dict[str, Any]:
     raise_fd_limit()
     root = Path(tempfile.mkdtemp(prefix="tbv-"))
@@ -299,6 +310,31 @@ async def bench_votes(
             theirs = result["baseline"]["votes_per_server_cpu_s"]
             if ours and theirs:
                 result["votes_per_server_cpu_s_vs_baseline"] = round(ours / theirs, 2)
+        if refused:
+            # The same voters, frames and checks, on a poll that is closed: each vote is read,
+            # checked and answered (`poll_closed`) with nothing written. What a vote costs
+            # above this is what writing it costs.
+            result["refused"] = await run_system(
+                root / "r",
+                "refused: the same votes on a closed poll, nothing written",
+                voters=voters,
+                nodes=nodes,
+                rate=rate,
+                batch_max=2000,
+                progress=progress,
+                closed=True,
+            )
+            frame = result["refused"]["server_cpu_us_per_vote_above_idle"]
+            writes = {
+                name: result[name]["server_cpu_us_per_vote_above_idle"] - frame
+                for name in ("tribune", "baseline")
+                if name in result and frame is not None
+            }
+            result["write_cpu_us_per_vote"] = writes
+            if writes.get("tribune", 0) > 0 and "baseline" in writes:
+                result["write_cpu_us_per_vote"]["baseline_vs_tribune"] = round(
+                    writes["baseline"] / writes["tribune"], 2
+                )
         return result
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -81,13 +81,17 @@ def test_bench_scoring_small_run() -> None:
 
 @pytest.mark.slow
 def test_bench_votes_small_run() -> None:
-    figures = bench("votes", "--voters", "300", "--nodes", "2", "--rate", "300")
+    figures = bench("votes", "--voters", "300", "--nodes", "2", "--rate", "300", "--refused")
     for run in (figures["tribune"], figures["baseline"]):
         assert run["voters"] == run["acked"] == run["in_db"] == 300  # every vote acknowledged and kept …
         assert run["duplicates"] == 0 and run["statuses"] == {"recorded": 300}  # … once
         assert run["ack_latency_ms"]["p99"] is not None and run["server_cpu_s"] > 0
     assert figures["tribune"]["vote_batch"]["commits"] < 300  # votes shared commits
     assert figures["votes_per_server_cpu_s_vs_baseline"] > 0
+    # The same votes on a closed poll: every one answered, refused, and nothing written.
+    refused = figures["refused"]
+    assert refused["refusals"] == {"poll_closed": 300} and refused["acked"] == refused["in_db"] == 0
+    assert set(figures["write_cpu_us_per_vote"]) >= {"tribune", "baseline"}
 
 
 @pytest.mark.slow

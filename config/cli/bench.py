@@ -40,6 +40,11 @@ def add_parser(sub: Any, name: str) -> None:
     v.add_argument("--nodes", type=int, default=2, help="Tribune nodes sharing one PostgreSQL and Redis")
     v.add_argument("--rate", type=float, default=2000.0, help="votes arriving per second; 0: all at once")
     v.add_argument("--no-baseline", action="store_true", help="skip the one-commit-per-vote baseline")
+    v.add_argument(
+        "--refused",
+        action="store_true",
+        help="also cast the same votes on a closed poll, nothing written: a vote's cost without its write",
+    )
     v.add_argument("--json", action="store_true", help="print only the JSON (the default output anyway)")
     w = kinds.add_parser(
         "whep", help="WHEP viewers of one feed: encode once vs aiortc's one encoder per viewer"
@@ -199,6 +204,7 @@ def _votes(args: argparse.Namespace) -> int:
             rate=args.rate,
             baseline=not args.no_baseline,
             progress=_stage,
+            refused=args.refused,
         )
     )
     print(json.dumps(result, indent=2, ensure_ascii=False))
