@@ -19,7 +19,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -287,25 +287,22 @@ async def bench_votes(
     root = Path(tempfile.mkdtemp(prefix="tbv-"))
     try:
         result: dict[str, Any] = {"benchmark": "votes", "voters": voters, "nodes": nodes, "rate": rate}
-        result["tribune"] = await run_system(
-            root,
-            "tribune: group commit",
-            voters=voters,
-            nodes=nodes,
-            rate=rate,
-            batch_max=2000,
-            progress=progress,
-        )
-        if baseline:
-            result["baseline"] = await run_system(
-                root / "b",
-                "baseline: one INSERT and commit per vote",
+
+        def system(where: Path, label: str, batch: int, closed: bool = False) -> Awaitable[dict[str, Any]]:
+            return run_system(
+                where,
+                label,
                 voters=voters,
                 nodes=nodes,
                 rate=rate,
-                batch_max=1,
+                batch_max=batch,
                 progress=progress,
+                closed=closed,
             )
+
+        result["tribune"] = await system(root, "tribune: group commit", 2000)
+        if baseline:
+            result["baseline"] = await system(root / "b", "baseline: one INSERT and commit per vote", 1)
             ours = result["tribune"]["votes_per_server_cpu_s"]
             theirs = result["baseline"]["votes_per_server_cpu_s"]
             if ours and theirs:
@@ -314,15 +311,8 @@ async def bench_votes(
             # The same voters, frames and checks, on a poll that is closed: each vote is read,
             # checked and answered (`poll_closed`) with nothing written. What a vote costs
             # above this is what writing it costs.
-            result["refused"] = await run_system(
-                root / "r",
-                "refused: the same votes on a closed poll, nothing written",
-                voters=voters,
-                nodes=nodes,
-                rate=rate,
-                batch_max=2000,
-                progress=progress,
-                closed=True,
+            result["refused"] = await system(
+                root / "r", "refused: the same votes on a closed poll, nothing written", 2000, closed=True
             )
             frame = result["refused"]["server_cpu_us_per_vote_above_idle"]
             writes = {
