@@ -82,7 +82,7 @@ class Metrics:
         )
         self.fanout_flush = Histogram(
             "tribune_fanout_flush_seconds",
-            "Time to write one room's batch to all its clients",
+            "Time spent writing one room's batch to all its clients (not the work run between its slices)",
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
             registry=self.registry,
         )

@@ -68,6 +68,7 @@ class Room:
     staff: dict[str, Client] = field(default_factory=dict)  # moderators and hosts, by sid
     waiting_since: float | None = None  # when the oldest event not yet flushed arrived
     flushed_seq: int = -1  # every ready client has been sent up to here (-1: not known)
+    behind_count: int = 0  # clients made ready below last_seq so far (a flush in progress checks it)
     open_polls: dict[int, bool] = field(default_factory=dict)  # poll id → live results
     attending: Counter[str] = field(default_factory=Counter)  # representative → connections here
     people: Counter[str] = field(default_factory=Counter)  # everyone connected here → connections
@@ -115,6 +116,7 @@ class Room:
     def behind(self) -> None:
         """A client became ready below `last_seq`: the next flush must look at every client."""
         self.flushed_seq = -1
+        self.behind_count += 1
 
     def attendees(self) -> list[str]:
         """Representatives connected here, whose attendance this node vouches for."""
