@@ -490,8 +490,25 @@ async def test_events_arriving_during_a_pass(client, auth, db, viewers, monkeypa
     events, frames, _ = await live.fanout.flush(room)
     assert (events, frames) == (1, 1)  # the first client's second event
     assert await live.fanout.flush(room) == (0, 0, 0.0)  # now everyone is up to date
+
+    # A client made ready behind the room while a pass runs (a replay ending, a join) is not
+    # in that pass; the pass must not leave the room marked up to date without it.
+    room.accept([comment("the last")])
+    late = next(iter(room.clients.values()))
+    late.ready = False  # its replay is still being sent
+
+    def catch_up(c: Any, frame: Any) -> bool:
+        if not late.ready:
+            late.ready = True
+            room.behind()
+        return written(c, frame)
+
+    monkeypatch.setattr(live.fanout, "deliver", catch_up)
+    assert (await live.fanout.flush(room))[:2] == (2, 2)
+    assert (await live.fanout.flush(room))[:2] == (1, 1)  # the one that caught up
+    assert await live.fanout.flush(room) == (0, 0, 0.0)
     for v in reps:
-        await v.wait(lambda v=v: v.seq == first + 1)
+        await v.wait(lambda v=v: v.seq == first + 2)
         texts = [e["data"].get("text") for e in v.events if e["seq"] >= first]
-        assert texts == ["before the pass", "during the pass"]
+        assert texts == ["before the pass", "during the pass", "the last"]
         assert v.gaps == 0 and v.duplicates == 0
