@@ -178,7 +178,6 @@ class Fanout:
             return 0, 0, 0.0
         behind = room.behind_count
         clients = list(room.clients.values())
-        members = room.clients
         frames: dict[int, tuple[Frame, int, int]] = {}  # from seq → (frame, last seq, events)
         delivered = written = 0
         busy = 0.0
@@ -192,7 +191,7 @@ class Fanout:
                     frames.clear()
             began = time.monotonic()
             for client in itertools.islice(clients, first, first + SLICE_CLIENTS):
-                if client.last_seq >= target or not client.ready or members.get(client.sid) is not client:
+                if client.last_seq >= target or not client.ready:  # not ready: it also left
                     continue
                 entry = frames.get(client.last_seq)
                 if entry is None:

@@ -160,6 +160,7 @@ class Rooms:
         client = self.by_sid.pop(sid, None)
         if client is None:
             return None
+        client.ready = False  # a pass under way over the room's clients skips it from now on
         bucket = _bucket(client.who.expires_at)
         sids = self._expiring.get(bucket)
         if sids is not None:

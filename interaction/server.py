@@ -375,8 +375,9 @@ class Live:
                 ):
                     room.open_polls.setdefault(row["id"], row["live_results"])
             # Ready before the queue is read: an update racing the read arrives after the full
-            # list and is applied to it; one before the read is in it.
-            client.ready = True
+            # list and is applied to it; one before the read is in it. (Not if it left while
+            # the polls were read.)
+            client.ready = sid in self.rooms.by_sid
             room.behind()
             if client.attends and room.state == "live":
                 self._attend_soon(room, client.who.rep)
