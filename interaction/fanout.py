@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -190,7 +189,7 @@ class Fanout:
                     target, everyone = room.last_seq, False
                     frames.clear()
             began = time.monotonic()
-            for client in itertools.islice(clients, first, first + SLICE_CLIENTS):
+            for client in clients[first : first + SLICE_CLIENTS]:
                 if client.last_seq >= target or not client.ready:  # not ready: it also left
                     continue
                 entry = frames.get(client.last_seq)
