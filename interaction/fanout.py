@@ -4,6 +4,9 @@ Each tick (`tick_interval`, 100 ms by default) a room's new events become one So
 `events` packet, encoded once, and one WebSocket frame that is written straight to every
 up-to-date client's transport. The pass over a room's clients lets the loop run every
 `SLICE_CLIENTS` clients, and the clients it has not reached yet get what arrived meanwhile.
+Room-wide messages where only the latest counts (presence, a live-results tally) ride the
+next pass too, in the same write as each client's events, rather than a write of their own
+to every client at once.
 A client that has anything still queued in Engine.IO (its hello, a snapshot, an ack) or is
 on long-polling gets the packet through that queue instead, so nothing overtakes what was
 sent before it. A client whose socket buffer passes `client_buffer_bytes` is a slow reader
@@ -40,13 +43,17 @@ def socketio_event(name: str, data: Any) -> bytes:
 
 
 class Frame:
-    """A packet encoded once: the Socket.IO bytes and the raw WebSocket frame around them."""
+    """Packets encoded once: their Socket.IO bytes, and the raw WebSocket frames around them
+    that go to a client in one write."""
 
-    __slots__ = ("payload", "ws")
+    __slots__ = ("payloads", "ws")
 
-    def __init__(self, payload: bytes) -> None:
-        self.payload = payload
-        self.ws = websocket_frame(payload)
+    def __init__(self, *payloads: bytes) -> None:
+        self.payloads = payloads
+        self.ws = b"".join(websocket_frame(p) for p in payloads)
+
+    def __add__(self, other: Frame) -> Frame:
+        return Frame(*self.payloads, *other.payloads)
 
 
 class _Counted(engineio.packet.Packet):  # type: ignore[misc]
@@ -109,9 +116,9 @@ class Fanout:
                 return False
             transport.write(frame.ws)
             return True
-        return self.enqueue(client, frame.payload, sock)
+        return self.enqueue(client, frame.payloads, sock)
 
-    def enqueue(self, client: Client, payload: bytes, sock: Any = None) -> bool:
+    def enqueue(self, client: Client, payloads: tuple[bytes, ...], sock: Any = None) -> bool:
         """Send through Engine.IO's queue, in order with everything queued before."""
         sock = sock if sock is not None else self._sockets.get(client.eio_sid)
         if sock is None or sock.closed or sock.closing:
@@ -119,13 +126,14 @@ class Fanout:
         if sock.queue.qsize() > MAX_QUEUED_PACKETS:
             self.drop(client, "queue full")
             return False
-        client.in_flight += 1
-        sock.queue.put_nowait(_Counted(client, payload))
+        for payload in payloads:
+            client.in_flight += 1
+            sock.queue.put_nowait(_Counted(client, payload))
         return True
 
     def send(self, client: Client, name: str, data: Any) -> bool:
         """One event to one client, ordered with the frames it gets from the fan-out."""
-        return self.enqueue(client, socketio_event(name, data))
+        return self.enqueue(client, (socketio_event(name, data),))
 
     async def writable(self, client: Client, seconds: float = SLOW_READER_SECONDS) -> bool:
         """Wait until the client has taken what it was sent (nothing queued in Engine.IO,
@@ -156,11 +164,20 @@ class Fanout:
         self._dropping.add(task)
         task.add_done_callback(self._dropping.discard)
 
-    def broadcast(self, room: Room, name: str, data: Any, *, staff_only: bool = False) -> None:
+    def to_staff(self, room: Room, name: str, data: Any) -> None:
+        """One event to the room's ready moderators and hosts (a few clients), now."""
         frame = Frame(socketio_event(name, data))
-        for client in list((room.staff if staff_only else room.clients).values()):
+        for client in list(room.staff.values()):
             if client.ready:
                 self.deliver(client, frame)
+
+    def notify(self, room: Room, about: tuple[str, int], name: str, data: Any) -> None:
+        """A message to everyone in the room where only the latest counts: presence, a
+        live-results poll's tally. It goes with the next pass, in the same write as each
+        client's events; a newer one `about` the same thing before then replaces it. (Written
+        at once to ten thousand clients, it held the loop for 80-120 ms and cost each client a
+        write of its own.)"""
+        room.notices[about] = (name, data)
 
     async def flush(self, room: Room) -> tuple[int, int, float]:
         """Send every ready client of `room` the events it has not had; returns deliveries
@@ -173,8 +190,12 @@ class Fanout:
         where a pass that only took what was there when it began made the last clients wait
         for the next pass as well."""
         target = room.last_seq
-        if room.flushed_seq == target:  # nothing new, and nobody became ready behind it
+        if room.flushed_seq == target and not room.notices:  # nothing new for anyone
             return 0, 0, 0.0
+        notice: Frame | None = None  # the room's notices, for every ready client this pass
+        if room.notices:
+            notice = Frame(*(socketio_event(name, data) for name, data in room.notices.values()))
+            room.notices = {}  # what arrives meanwhile waits for the next pass
         behind = room.behind_count
         clients = list(room.clients.values())
         frames: dict[int, tuple[Frame, int, int]] = {}  # from seq → (frame, last seq, events)
@@ -190,7 +211,11 @@ class Fanout:
                     frames.clear()
             began = time.monotonic()
             for client in clients[first : first + SLICE_CLIENTS]:
-                if client.last_seq >= target or not client.ready:  # not ready: it also left
+                if not client.ready:  # not ready: it also left
+                    continue
+                if client.last_seq >= target:
+                    if notice is not None and deliver(client, notice):
+                        written += 1
                     continue
                 entry = frames.get(client.last_seq)
                 if entry is None:
@@ -200,7 +225,7 @@ class Fanout:
                         self._replay(client)
                         continue
                     frame = Frame(socketio_event("events", batch))
-                    entry = (frame, int(batch[-1]["seq"]), len(batch))
+                    entry = (frame if notice is None else notice + frame, int(batch[-1]["seq"]), len(batch))
                     frames[client.last_seq] = entry
                 frame, last, count = entry
                 if deliver(client, frame):

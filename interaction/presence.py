@@ -2,7 +2,7 @@
 
 Each node writes its own count into a Redis hash per session, with the time it stops being
 believed; every node sums the live fields and tells its clients when the sum changes, at
-most once per `presence_interval`.
+most once per `presence_interval`, with the fan-out's next pass.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ class Presence:
                     total += int(count)
             if total != self._totals.get(room.session_id):
                 self._totals[room.session_id] = total
-                self._fanout.broadcast(room, "presence", {"online": total})
+                self._fanout.notify(room, ("presence", 0), "presence", {"online": total})
         for gone in set(self._totals) - {r.session_id for r in rooms}:
             del self._totals[gone]
 

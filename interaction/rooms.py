@@ -70,6 +70,9 @@ class Room:
     flushed_seq: int = -1  # every ready client has been sent up to here (-1: not known)
     behind_count: int = 0  # clients made ready below last_seq so far (a flush in progress checks it)
     open_polls: dict[int, bool] = field(default_factory=dict)  # poll id → live results
+    # Messages to everyone in the room where only the latest counts (presence, a live tally),
+    # by what they are about → (event name, data); the next fan-out pass takes them.
+    notices: dict[tuple[str, int], tuple[str, Any]] = field(default_factory=dict)
     attending: Counter[str] = field(default_factory=Counter)  # representative → connections here
     people: Counter[str] = field(default_factory=Counter)  # everyone connected here → connections
     polls_loaded: bool = False
@@ -92,6 +95,7 @@ class Room:
                 self.open_polls[int(poll["id"])] = bool(poll["live_results"])
             elif event["type"] == "poll.closed":
                 self.open_polls.pop(int(event["data"]["poll"]), None)
+                self.notices.pop(("tally", int(event["data"]["poll"])), None)  # closed: no more
             self.last_seq = seq
             if self.waiting_since is None:
                 self.waiting_since = time.monotonic()

@@ -795,7 +795,7 @@ class Live:
     def _queue_local(self, session_id: str, added: list[dict[str, Any]], removed: list[int]) -> None:
         room = self.rooms.get(session_id)
         if room is not None:
-            self.fanout.broadcast(room, "queue", {"added": added, "removed": removed}, staff_only=True)
+            self.fanout.to_staff(room, "queue", {"added": added, "removed": removed})
 
     async def _catch_up(self) -> None:
         """Compare every room with the ledger and fetch what is missing."""

@@ -170,9 +170,11 @@ class Tallies:
             if version == self._sent.get(poll_id):
                 continue
             self._sent[poll_id] = version
-            self._fanout.broadcast(
-                room, "tally", {"poll": poll_id, "questions": decode(raw)}, staff_only=not live
-            )
+            tally = {"poll": poll_id, "questions": decode(raw)}
+            if live:  # everyone's: with the next pass
+                self._fanout.notify(room, ("tally", poll_id), "tally", tally)
+            else:
+                self._fanout.to_staff(room, "tally", tally)
         for poll_id in list(self._sent):
             if poll_id not in watched:
                 del self._sent[poll_id]

@@ -512,3 +512,57 @@ async def test_events_arriving_during_a_pass(client, auth, db, viewers, monkeypa
         texts = [e["data"].get("text") for e in v.events if e["seq"] >= first]
         assert texts == ["before the pass", "during the pass", "the last"]
         assert v.gaps == 0 and v.duplicates == 0
+
+
+async def test_room_notices_ride_the_pass(client, auth, db, viewers, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Presence and a live tally go to everyone with the fan-out's next pass: one write per
+    client beside its events (or alone for a client with no events), only the latest of each,
+    and a tally of a poll that closed before the pass is not sent."""
+    await schedule(client, auth, db)
+    live = client.app[LIVE]
+    await live.fanout.stop()  # the test runs the passes
+
+    async def quiet() -> None:  # the node's own presence rounds would race the test's
+        return None
+
+    monkeypatch.setattr(live.presence, "tick", quiet)
+    reps = [viewers(r) for r in ("R1", "R2", "R4")]
+    for v in reps:
+        await v.connect()
+    room = live.rooms.by_session[SESSION]
+    await reps[0].wait(lambda: len(room.clients) == 3 and all(c.ready for c in room.clients.values()))
+    await live.fanout.flush(room)  # whatever the joins left for the pass
+    await asyncio.gather(*(v.wait(lambda v=v: v.seq == room.last_seq and bool(v.presence)) for v in reps))
+    for v in reps:
+        v.presence.clear()
+    writes: list[str] = []
+    deliver = live.fanout.deliver
+
+    def counted(c: Any, frame: Any) -> bool:
+        writes.append(c.sid)
+        return deliver(c, frame)
+
+    monkeypatch.setattr(live.fanout, "deliver", counted)
+
+    live.fanout.notify(room, ("presence", 0), "presence", {"online": 41})
+    live.fanout.notify(room, ("presence", 0), "presence", {"online": 42})  # replaces 41
+    room.accept([{"seq": room.last_seq + 1, "type": "comment.published", "at": "", "data": {"text": "hi"}}])
+    assert (await live.fanout.flush(room))[:2] == (3, 3)
+    assert sorted(writes) == sorted(room.clients)  # one write each, events and presence in it
+    for v in reps:
+        await v.wait(lambda v=v: v.presence == [42] and v.of_type("comment.published") != [])
+
+    writes.clear()
+    live.fanout.notify(room, ("presence", 0), "presence", {"online": 43})
+    assert (await live.fanout.flush(room))[:2] == (0, 3)  # nobody has events: presence alone
+    assert sorted(writes) == sorted(room.clients)
+    assert await live.fanout.flush(room) == (0, 0, 0.0)
+
+    live.fanout.notify(room, ("tally", 7), "tally", {"poll": 7, "questions": {}})
+    room.accept(
+        [{"seq": room.last_seq + 1, "type": "poll.closed", "at": "", "data": {"poll": 7, "state": "closed"}}]
+    )
+    assert (await live.fanout.flush(room))[:2] == (3, 3)
+    for v in reps:
+        await v.wait(lambda v=v: v.presence == [42, 43] and v.of_type("poll.closed") != [])
+        assert v.tallies == [] and v.gaps == 0 and v.duplicates == 0
