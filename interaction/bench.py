@@ -262,41 +262,64 @@ async def publish(
     return report.result()[0]
 
 
-async def _node_metrics(urls: list[str]) -> dict[str, Any]:
-    """The nodes' own view, from /metrics.
-
-    `node_fanout_delay_ms`: from an event reaching a node to its frame being written to every
-    client (upper bounds of the histogram buckets holding p50 and p99).
-    `node_us_per_frame`: the nodes' time per frame their ticks wrote (encoding, the per-client
-    checks and the kernel's send), the mean over the run; a tick over a node's clients takes
-    about this times their number, so it says how fast this machine's loopback is today."""
+async def _scrape(urls: list[str]) -> dict[str, Any]:
+    """The nodes' /metrics that the report uses, summed over the nodes: histograms as
+    {name: {upper bound: count}}, counters and sums as {name: value}."""
     import aiohttp
 
-    buckets: dict[float, float] = {}
-    flush_seconds = frames = 0.0
+    histograms = ("tribune_fanout_delay_seconds", "tribune_event_loop_lag_seconds")
+    values = (
+        "tribune_fanout_flush_seconds_sum",
+        "tribune_fanout_frames_total",
+        "tribune_event_loop_stalls_total",
+    )
+    scraped: dict[str, Any] = {name: {} for name in histograms} | {name: 0.0 for name in values}
     async with aiohttp.ClientSession() as http:
         for url in urls:
             async with http.get(url + "/metrics") as r:
                 for line in (await r.text()).splitlines():
-                    value = line.rsplit(" ", 1)[-1]
-                    if line.startswith("tribune_fanout_delay_seconds_bucket"):
+                    name, value = line.split("{", 1)[0].split(" ", 1)[0], line.rsplit(" ", 1)[-1]
+                    if name.endswith("_bucket") and name[: -len("_bucket")] in histograms:
                         bound = line.split('le="', 1)[1].split('"', 1)[0]
                         upper = float("inf") if bound == "+Inf" else float(bound)
+                        buckets = scraped[name[: -len("_bucket")]]
                         buckets[upper] = buckets.get(upper, 0.0) + float(value)
-                    elif line.startswith("tribune_fanout_flush_seconds_sum"):
-                        flush_seconds += float(value)
-                    elif line.startswith("tribune_fanout_frames_total"):
-                        frames += float(value)
-    total = buckets.get(float("inf"), 0.0)
+                    elif name in values:
+                        scraped[name] += float(value)
+    return scraped
 
-    def upper_for(q: float) -> float | None:
+
+def _node_metrics(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """The nodes' own view of the publishing window, from /metrics scraped before and after.
+
+    `node_fanout_delay_ms`: from an event reaching a node to its frame being written to every
+    client (upper bounds of the histogram buckets holding p50 and p99).
+    `node_us_per_frame`: the nodes' time per frame their passes wrote (encoding, the
+    per-client checks and the kernel's send), the mean over the window; a pass over a node's
+    clients takes about this times their number, so it says how fast this machine's loopback
+    is today.
+    `node_loop_lag_ms`: how late the loop ran a timer due every 100 ms (bucket upper bounds),
+    and `node_loop_stalls` the times it was over 100 ms late: every client waited that long."""
+
+    def upper_for(name: str, q: float) -> float | None:
+        buckets = {b: n - before[name].get(b, 0.0) for b, n in after[name].items()}
+        total = buckets.get(float("inf"), 0.0)
         if not total:
             return None
         return next((round(b * 1000, 1) for b in sorted(buckets) if buckets[b] >= q * total), None)
 
+    def delta(name: str) -> float:
+        return float(after[name] - before[name])
+
+    frames = delta("tribune_fanout_frames_total")
+    delay, lag = "tribune_fanout_delay_seconds", "tribune_event_loop_lag_seconds"
     return {
-        "node_fanout_delay_ms": {"p50_at_most": upper_for(0.5), "p99_at_most": upper_for(0.99)},
-        "node_us_per_frame": round(flush_seconds / frames * 1e6, 2) if frames else None,
+        "node_fanout_delay_ms": {"p50_at_most": upper_for(delay, 0.5), "p99_at_most": upper_for(delay, 0.99)},
+        "node_us_per_frame": round(delta("tribune_fanout_flush_seconds_sum") / frames * 1e6, 2)
+        if frames
+        else None,
+        "node_loop_lag_ms": {"p50_at_most": upper_for(lag, 0.5), "p99_at_most": upper_for(lag, 0.99)},
+        "node_loop_stalls": int(delta("tribune_event_loop_stalls_total")),
     }
 
 
@@ -362,6 +385,7 @@ async def run_tribune(
         job = {"mode": "tribune", "url": urls[0], "tokens": tokens, "session": SESSION}
         gen = await start_publisher({**job, "rate": rate, "duration": duration, "wait": 60})
         pids = [p.pid for p in procs]
+        scraped = await _scrape(urls)
         cpu0, t0, events0, own0 = (
             cpu_seconds(pids),
             time.monotonic(),
@@ -375,7 +399,7 @@ async def run_tribune(
         tally.events -= events0
         report = _report("tribune", clients, nodes, out, tally, viewers, final_seq, elapsed, cpu)
         report["load_generator_cpu_s"] = round(cpu_seconds([os.getpid()]) - own0 + out["cpu_s"], 2)
-        report.update(await _node_metrics(urls))
+        report.update(_node_metrics(scraped, await _scrape(urls)))
         for viewer in viewers:
             viewer._close()
         await conn.close()
