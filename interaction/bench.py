@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import itertools
 import json
 import os
 import resource
@@ -35,7 +36,7 @@ import psutil
 from config.auth import Role, mint_token
 from config.services import EmbeddedServices, free_port
 from config.settings import Settings
-from interaction.loadgen import Tally, ViewerProtocol, connect_viewers
+from interaction.loadgen import Tally, ViewerProtocol, close_client, connect_viewers
 from recorder.migrate import migrate
 
 SESSION = "bench"
@@ -323,6 +324,60 @@ def _node_metrics(before: dict[str, Any], after: dict[str, Any]) -> dict[str, An
     }
 
 
+class Churn:
+    """Viewers that join and leave half a second later, `per_second` of them, while it runs:
+    presence changes as it does in a session people come and go from. Official
+    python-socketio clients, in the load generator's process."""
+
+    def __init__(self, url: str, settings: Settings, per_second: float) -> None:
+        self.url, self.settings, self.per_second = url, settings, per_second
+        self.joined = self.failed = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self.per_second > 0:
+            self._task = asyncio.ensure_future(self._run())
+
+    async def stop(self) -> dict[str, Any]:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        return {"per_s": self.per_second, "joined": self.joined, "failed": self.failed}
+
+    async def _visit(self, n: int) -> None:
+        import socketio
+
+        client = socketio.AsyncClient(serializer="msgpack", reconnection=False)
+        token = mint_token(self.settings, rep=f"J{n}", ttl=3600)
+        try:
+            await client.connect(
+                self.url,
+                auth={"token": token, "session": SESSION, "since": None},
+                transports=["websocket"],
+                wait_timeout=10,
+            )
+            self.joined += 1
+            await asyncio.sleep(0.5)
+        except socketio.exceptions.ConnectionError:
+            self.failed += 1
+        finally:
+            await close_client(client)
+
+    async def _run(self) -> None:
+        visits: set[asyncio.Task[None]] = set()
+        try:
+            for n in itertools.count(1):
+                visit = asyncio.ensure_future(self._visit(n))
+                visits.add(visit)
+                visit.add_done_callback(visits.discard)
+                await asyncio.sleep(1 / self.per_second)
+        finally:
+            for visit in visits:
+                visit.cancel()
+            await asyncio.gather(*visits, return_exceptions=True)
+
+
 async def _drain(viewers: list[ViewerProtocol], final_seq: int, seconds: float) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -340,6 +395,7 @@ async def run_tribune(
     duration: float,
     sample_every: int,
     progress: Callable[[str, int, int], None],
+    churn: float = 0.0,
 ) -> dict[str, Any]:
     services = EmbeddedServices(root / "services", postgres=True, redis=True)
     database_url, redis_url = await asyncio.to_thread(services.start)
@@ -392,7 +448,10 @@ async def run_tribune(
             tally.events,
             cpu_seconds([os.getpid()]),
         )
+        churning = Churn(urls[0], settings, churn)
+        churning.start()
         out = await publish(gen, duration, "publishing", progress)
+        churned = await churning.stop()
         final_seq = int(await conn.fetchval("SELECT last_seq FROM sessions WHERE id = $1", SESSION))
         await _drain(viewers, final_seq, 30)
         elapsed, cpu = time.monotonic() - t0, cpu_seconds(pids) - cpu0
@@ -400,6 +459,8 @@ async def run_tribune(
         report = _report("tribune", clients, nodes, out, tally, viewers, final_seq, elapsed, cpu)
         report["load_generator_cpu_s"] = round(cpu_seconds([os.getpid()]) - own0 + out["cpu_s"], 2)
         report.update(_node_metrics(scraped, await _scrape(urls)))
+        if churn:
+            report["churn"] = churned
         for viewer in viewers:
             viewer._close()
         await conn.close()
@@ -469,6 +530,7 @@ async def bench_comments(
     baseline: bool,
     sample_every: int,
     progress: Callable[[str, int, int], None],
+    churn: float = 0.0,
 ) -> dict[str, Any]:
     raise_fd_limit()
     root = Path(tempfile.mkdtemp(prefix="tb-"))
@@ -482,6 +544,7 @@ async def bench_comments(
             duration=duration,
             sample_every=sample_every,
             progress=progress,
+            churn=churn,
         )
         if baseline:
             result["baseline"] = await run_baseline(

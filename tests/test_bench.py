@@ -59,8 +59,10 @@ def test_the_load_generator_counts_gaps_duplicates_and_disorder() -> None:
 
 @pytest.mark.slow
 def test_bench_comments_small_run() -> None:
-    figures = bench("comments", "--clients", "60", "--rate", "20", "--duration", "2")
+    figures = bench("comments", "--clients", "60", "--rate", "20", "--duration", "2", "--churn", "5")
     ours, baseline = figures["tribune"], figures["baseline"]
+    # Viewers came and went beside them (presence changing all along): nothing else changed.
+    assert ours["churn"]["joined"] >= 5 and ours["churn"]["failed"] == 0
     for run in (ours, baseline):
         assert run["clients"] == run["connected"] == 60
         assert 35 <= run["published"] <= 42  # 20 a second for 2 seconds

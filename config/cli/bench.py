@@ -33,6 +33,13 @@ def add_parser(sub: Any, name: str) -> None:
     c.add_argument("--rate", type=float, default=100.0, help="comments published per second (default 100)")
     c.add_argument("--duration", type=float, default=20.0, help="seconds of publishing (default 20)")
     c.add_argument("--sample-every", type=int, default=20, help="measure latency on every Nth viewer")
+    c.add_argument(
+        "--churn",
+        type=float,
+        default=0.0,
+        help="extra viewers a second joining Tribune's run and leaving half a second later, so "
+        "presence keeps changing (default 0)",
+    )
     c.add_argument("--no-baseline", action="store_true", help="skip the stock python-socketio baseline")
     c.add_argument("--json", action="store_true", help="print only the JSON (the default output anyway)")
     v = kinds.add_parser("votes", help="votes acknowledged after commit: group commit vs one commit per vote")
@@ -168,6 +175,9 @@ def run(args: argparse.Namespace) -> int:
     if args.clients < 1 or args.nodes < 1 or args.rate <= 0 or args.duration <= 0:
         print("tribune: --clients, --nodes, --rate and --duration must be positive", file=sys.stderr)
         return 2
+    if not 0 <= args.churn <= 100:
+        print("tribune: --churn is viewers a second, from 0 to 100", file=sys.stderr)
+        return 2
 
     def progress(stage: str, done: int, total: int) -> None:
         if sys.stderr.isatty():
@@ -182,6 +192,7 @@ def run(args: argparse.Namespace) -> int:
             baseline=not args.no_baseline,
             sample_every=max(1, args.sample_every),
             progress=progress,
+            churn=args.churn,
         )
     )
     if sys.stderr.isatty():
