@@ -180,9 +180,10 @@ class Fanout:
         room.notices[about] = (name, data)
 
     async def flush(self, room: Room) -> tuple[int, int, float]:
-        """Send every ready client of `room` the events it has not had; returns deliveries
-        (events), frames written and the seconds spent writing them. Clients at the same
-        position share one encoded frame.
+        """Send every ready client of `room` the events it has not had, and the room's
+        notices (to every ready client, in the same write); returns deliveries (events),
+        frames written and the seconds spent writing them. Clients at the same position
+        share one encoded frame.
 
         The pass looks at the loop every `SLICE_CLIENTS` clients, so approvals and doorbells
         are handled while it runs, and the clients it has not reached yet get what arrived
