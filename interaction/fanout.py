@@ -171,13 +171,16 @@ class Fanout:
             if client.ready:
                 self.deliver(client, frame)
 
-    def notify(self, room: Room, about: tuple[str, int], name: str, data: Any) -> None:
+    def notify(
+        self, room: Room, about: tuple[str, int], name: str, data: Any, *, spacing: float = 0.0
+    ) -> None:
         """A message to everyone in the room where only the latest counts: presence, a
         live-results poll's tally. It goes with the next pass, in the same write as each
-        client's events; a newer one `about` the same thing before then replaces it. (Written
-        at once to ten thousand clients, it held the loop for 80-120 ms and cost each client a
-        write of its own.)"""
-        room.notices[about] = (name, data)
+        client's events; a newer one `about` the same thing before then replaces it. No
+        client gets two `about` the same thing less than `spacing` seconds apart: one that
+        comes sooner waits. (Written at once to ten thousand clients, such a message held the
+        loop for 80-120 ms and cost each client a write of its own.)"""
+        room.notices[about] = (name, data, spacing)
 
     async def flush(self, room: Room) -> tuple[int, int, float]:
         """Send every ready client of `room` the events it has not had, and the room's
@@ -191,12 +194,12 @@ class Fanout:
         where a pass that only took what was there when it began made the last clients wait
         for the next pass as well."""
         target = room.last_seq
-        if room.flushed_seq == target and not room.notices:  # nothing new for anyone
+        due = self._due_notices(room)
+        if room.flushed_seq == target and not due:  # nothing new for anyone
             return 0, 0, 0.0
         notice: Frame | None = None  # the room's notices, for every ready client this pass
-        if room.notices:
-            notice = Frame(*(socketio_event(name, data) for name, data in room.notices.values()))
-            room.notices = {}  # what arrives meanwhile waits for the next pass
+        if due:
+            notice = Frame(*(socketio_event(name, data) for name, data, _ in due.values()))
         behind = room.behind_count
         clients = list(room.clients.values())
         frames: dict[int, tuple[Frame, int, int]] = {}  # from seq → (frame, last seq, events)
@@ -239,7 +242,22 @@ class Fanout:
             busy += time.monotonic() - began
         if everyone and room.behind_count == behind:
             room.flushed_seq = target
+        ended = time.monotonic()
+        for about, (_, _, spacing) in due.items():
+            if spacing:  # counted from the pass's end: its last client had it then
+                room.notices_due[about] = ended + spacing
         return delivered, written, busy
+
+    @staticmethod
+    def _due_notices(room: Room) -> dict[tuple[str, int], tuple[str, Any, float]]:
+        """The room's notices this pass takes (the others wait for their spacing)."""
+        if not room.notices:
+            return {}
+        now = time.monotonic()
+        due = {about: n for about, n in room.notices.items() if room.notices_due.get(about, 0.0) <= now}
+        for about in due:
+            del room.notices[about]  # what arrives meanwhile waits for the next pass
+        return due
 
     async def run(self) -> None:
         """One tick every `tick` seconds: each room's new events go out as one frame per client.

@@ -56,7 +56,9 @@ class Presence:
                     total += int(count)
             if total != self._totals.get(room.session_id):
                 self._totals[room.session_id] = total
-                self._fanout.notify(room, ("presence", 0), "presence", {"online": total})
+                self._fanout.notify(
+                    room, ("presence", 0), "presence", {"online": total}, spacing=self._interval
+                )
         for gone in set(self._totals) - {r.session_id for r in rooms}:
             del self._totals[gone]
 

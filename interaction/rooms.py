@@ -71,8 +71,10 @@ class Room:
     behind_count: int = 0  # clients made ready below last_seq so far (a flush in progress checks it)
     open_polls: dict[int, bool] = field(default_factory=dict)  # poll id → live results
     # Messages to everyone in the room where only the latest counts (presence, a live tally),
-    # by what they are about → (event name, data); the next fan-out pass takes them.
-    notices: dict[tuple[str, int], tuple[str, Any]] = field(default_factory=dict)
+    # by what they are about → (event name, data, least seconds between two to a client); the
+    # next fan-out pass takes each once it is due (`notices_due`: not before then).
+    notices: dict[tuple[str, int], tuple[str, Any, float]] = field(default_factory=dict)
+    notices_due: dict[tuple[str, int], float] = field(default_factory=dict)
     attending: Counter[str] = field(default_factory=Counter)  # representative → connections here
     people: Counter[str] = field(default_factory=Counter)  # everyone connected here → connections
     polls_loaded: bool = False
@@ -96,6 +98,7 @@ class Room:
             elif event["type"] == "poll.closed":
                 self.open_polls.pop(int(event["data"]["poll"]), None)
                 self.notices.pop(("tally", int(event["data"]["poll"])), None)  # closed: no more
+                self.notices_due.pop(("tally", int(event["data"]["poll"])), None)
             self.last_seq = seq
             if self.waiting_since is None:
                 self.waiting_since = time.monotonic()

@@ -172,7 +172,7 @@ class Tallies:
             self._sent[poll_id] = version
             tally = {"poll": poll_id, "questions": decode(raw)}
             if live:  # everyone's: with the next pass
-                self._fanout.notify(room, ("tally", poll_id), "tally", tally)
+                self._fanout.notify(room, ("tally", poll_id), "tally", tally, spacing=self._interval)
             else:
                 self._fanout.to_staff(room, "tally", tally)
         for poll_id in list(self._sent):

@@ -517,7 +517,8 @@ async def test_events_arriving_during_a_pass(client, auth, db, viewers, monkeypa
 async def test_room_notices_ride_the_pass(client, auth, db, viewers, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """Presence and a live tally go to everyone with the fan-out's next pass: one write per
     client beside its events (or alone for a client with no events), only the latest of each,
-    and a tally of a poll that closed before the pass is not sent."""
+    never two to a client closer than their spacing, and a tally of a poll that closed before
+    the pass is not sent."""
     await schedule(client, auth, db)
     live = client.app[LIVE]
     await live.fanout.stop()  # the test runs the passes
@@ -558,11 +559,19 @@ async def test_room_notices_ride_the_pass(client, auth, db, viewers, monkeypatch
     assert sorted(writes) == sorted(room.clients)
     assert await live.fanout.flush(room) == (0, 0, 0.0)
 
+    # With a spacing, one that comes sooner after the last pass carrying one waits for it.
+    live.fanout.notify(room, ("presence", 0), "presence", {"online": 44}, spacing=1.0)
+    assert (await live.fanout.flush(room))[:2] == (0, 3)
+    live.fanout.notify(room, ("presence", 0), "presence", {"online": 45}, spacing=1.0)
+    assert await live.fanout.flush(room) == (0, 0, 0.0)  # too soon: it waits
+    await asyncio.sleep(1.0)
+    assert (await live.fanout.flush(room))[:2] == (0, 3)
+
     live.fanout.notify(room, ("tally", 7), "tally", {"poll": 7, "questions": {}})
     room.accept(
         [{"seq": room.last_seq + 1, "type": "poll.closed", "at": "", "data": {"poll": 7, "state": "closed"}}]
     )
     assert (await live.fanout.flush(room))[:2] == (3, 3)
     for v in reps:
-        await v.wait(lambda v=v: v.presence == [42, 43] and v.of_type("poll.closed") != [])
+        await v.wait(lambda v=v: v.presence == [42, 43, 44, 45] and v.of_type("poll.closed") != [])
         assert v.tallies == [] and v.gaps == 0 and v.duplicates == 0
