@@ -194,7 +194,7 @@ class Fanout:
         where a pass that only took what was there when it began made the last clients wait
         for the next pass as well."""
         target = room.last_seq
-        due = self._due_notices(room)
+        due = room.take_notices(time.monotonic())  # what arrives meanwhile waits for the next pass
         if room.flushed_seq == target and not due:  # nothing new for anyone
             return 0, 0, 0.0
         notice: Frame | None = None  # the room's notices, for every ready client this pass
@@ -242,22 +242,9 @@ class Fanout:
             busy += time.monotonic() - began
         if everyone and room.behind_count == behind:
             room.flushed_seq = target
-        ended = time.monotonic()
-        for about, (_, _, spacing) in due.items():
-            if spacing:  # counted from the pass's end: its last client had it then
-                room.notices_due[about] = ended + spacing
+        if due:
+            room.notices_sent(due, time.monotonic())  # the pass's end: its last client had them
         return delivered, written, busy
-
-    @staticmethod
-    def _due_notices(room: Room) -> dict[tuple[str, int], tuple[str, Any, float]]:
-        """The room's notices this pass takes (the others wait for their spacing)."""
-        if not room.notices:
-            return {}
-        now = time.monotonic()
-        due = {about: n for about, n in room.notices.items() if room.notices_due.get(about, 0.0) <= now}
-        for about in due:
-            del room.notices[about]  # what arrives meanwhile waits for the next pass
-        return due
 
     async def run(self) -> None:
         """One tick every `tick` seconds: each room's new events go out as one frame per client.

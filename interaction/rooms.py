@@ -56,6 +56,14 @@ class Client:
     attends: bool = False  # a representative: their presence is attendance
 
 
+Notice = tuple[str, Any, float]  # (event name, data, least seconds between two to a client)
+
+
+def tally_notice(poll_id: int) -> tuple[str, int]:
+    """What a live-results poll's tally notice is about (see `Room.notices`)."""
+    return ("tally", poll_id)
+
+
 @dataclass(eq=False, slots=True)
 class Room:
     session_id: str
@@ -71,10 +79,9 @@ class Room:
     behind_count: int = 0  # clients made ready below last_seq so far (a flush in progress checks it)
     open_polls: dict[int, bool] = field(default_factory=dict)  # poll id → live results
     # Messages to everyone in the room where only the latest counts (presence, a live tally),
-    # by what they are about → (event name, data, least seconds between two to a client); the
-    # next fan-out pass takes each once it is due (`notices_due`: not before then).
-    notices: dict[tuple[str, int], tuple[str, Any, float]] = field(default_factory=dict)
-    notices_due: dict[tuple[str, int], float] = field(default_factory=dict)
+    # by what they are about; the next fan-out pass takes each once it is due (`take_notices`).
+    notices: dict[tuple[str, int], Notice] = field(default_factory=dict)
+    notices_due: dict[tuple[str, int], float] = field(default_factory=dict)  # not before then
     attending: Counter[str] = field(default_factory=Counter)  # representative → connections here
     people: Counter[str] = field(default_factory=Counter)  # everyone connected here → connections
     polls_loaded: bool = False
@@ -97,8 +104,8 @@ class Room:
                 self.open_polls[int(poll["id"])] = bool(poll["live_results"])
             elif event["type"] == "poll.closed":
                 self.open_polls.pop(int(event["data"]["poll"]), None)
-                self.notices.pop(("tally", int(event["data"]["poll"])), None)  # closed: no more
-                self.notices_due.pop(("tally", int(event["data"]["poll"])), None)
+                self.notices.pop(tally_notice(int(event["data"]["poll"])), None)  # closed: no more
+                self.notices_due.pop(tally_notice(int(event["data"]["poll"])), None)
             self.last_seq = seq
             if self.waiting_since is None:
                 self.waiting_since = time.monotonic()
@@ -124,6 +131,22 @@ class Room:
         """A client became ready below `last_seq`: the next flush must look at every client."""
         self.flushed_seq = -1
         self.behind_count += 1
+
+    def take_notices(self, now: float) -> dict[tuple[str, int], Notice]:
+        """The notices due at `now`, taken off the room (the others wait for their spacing)."""
+        if not self.notices:
+            return {}
+        due = {about: n for about, n in self.notices.items() if self.notices_due.get(about, 0.0) <= now}
+        for about in due:
+            del self.notices[about]
+        return due
+
+    def notices_sent(self, sent: dict[tuple[str, int], Notice], at: float) -> None:
+        """`sent` reached every client by `at`: the next of each kind waits its spacing from
+        then (a tally of a poll that closed meanwhile has no next)."""
+        for about, (_, _, spacing) in sent.items():
+            if spacing and (about[0] != "tally" or about[1] in self.open_polls):
+                self.notices_due[about] = at + spacing
 
     def attendees(self) -> list[str]:
         """Representatives connected here, whose attendance this node vouches for."""

@@ -30,7 +30,7 @@ from redis.asyncio import Redis
 from config.web import UNAVAILABLE
 from interaction import polls
 from interaction.fanout import Fanout
-from interaction.rooms import Rooms
+from interaction.rooms import Rooms, tally_notice
 
 log = logging.getLogger("tribune.tallies")
 
@@ -172,7 +172,7 @@ class Tallies:
             self._sent[poll_id] = version
             tally = {"poll": poll_id, "questions": decode(raw)}
             if live:  # everyone's: with the next pass
-                self._fanout.notify(room, ("tally", poll_id), "tally", tally, spacing=self._interval)
+                self._fanout.notify(room, tally_notice(poll_id), "tally", tally, spacing=self._interval)
             else:
                 self._fanout.to_staff(room, "tally", tally)
         for poll_id in list(self._sent):
